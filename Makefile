@@ -1,0 +1,36 @@
+# sn_detection: `make demo` trains the SN Mask R-CNN demo, `make test` runs the test suite.
+# Both run `make setup` first, which creates .venv/ and installs everything (idempotent).
+
+PYTHON_BOOTSTRAP ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.sn_detection-setup
+# what the environment is built from: a change to any of these re-runs setup
+SETUP_INPUTS := requirements.txt setup.py scripts/install_detectron2.py $(wildcard sn_detection/csrc/*)
+
+.PHONY: setup demo test bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): $(SETUP_INPUTS)
+	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	$(PY) scripts/install_detectron2.py
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	$(PY) -m sn_detection.collect_env
+	touch $(STAMP)
+
+# Train Mask R-CNN with SN from scratch on the embedded shapes dataset (CPU), then print COCO AP.
+demo: setup
+	$(PY) tools/train_net.py --config-file configs/quick_schedules/mask_rcnn_sn_demo.yaml \
+		OUTPUT_DIR output/demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) benchmarks/bench_norm.py
+
+clean-venv:
+	rm -rf $(VENV)

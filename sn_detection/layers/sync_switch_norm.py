@@ -1,0 +1,73 @@
+"""Switchable Normalization with BN-branch statistics synchronized across processes."""
+from typing import Tuple
+
+import torch
+import torch.distributed as dist
+from fvcore.nn.distributed import differentiable_all_reduce
+from torch import Tensor
+
+from .switch_norm import SwitchNorm2d
+
+
+def _world_size() -> int:
+    if not dist.is_available() or not dist.is_initialized():
+        return 1
+    return dist.get_world_size()
+
+
+class SyncSwitchNorm2d(SwitchNorm2d):
+    """:class:`SwitchNorm2d` whose BN branch sees the batch of every process.
+
+    In training with an initialised default process group of more than one process, the BN-branch
+    mean and variance are those of the union of all processes' samples: each forward makes one
+    differentiable all-reduce of (sum over samples of the per-sample means, sum of the per-sample
+    second moments, sample count), so each process's statistics are weighted by its sample count
+    (a process with an empty batch contributes nothing but still takes part), and backward makes
+    one all-reduce of the gradients, reaching every process's input and the mixture logits. IN and
+    LN statistics stay per sample. Running statistics are updated from the synchronized statistics,
+    so they stay identical on every process.
+
+    With one process, in eval mode, or without an initialised process group, this is exactly
+    :class:`SwitchNorm2d`. Every process must run the layer in the same order with the same
+    ``num_features``; the first synchronized forward of each layer checks the channel count across
+    processes (one extra small collective, once) and raises instead of hanging when they differ.
+    Works on any backend (gloo, NCCL) through ``torch.distributed``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._shape_checked = False
+
+    def _synchronizes(self) -> bool:
+        return self.training and self.using_bn and _world_size() > 1
+
+    def _has_local_work(self, x: Tensor) -> bool:
+        # an empty batch still joins the collectives of the other processes
+        return x.shape[0] > 0 or self._synchronizes()
+
+    def _check_channels_across_processes(self, device: torch.device) -> None:
+        mine = torch.tensor([self.num_features], dtype=torch.int64, device=device)
+        gathered = [torch.zeros_like(mine) for _ in range(_world_size())]
+        dist.all_gather(gathered, mine)
+        counts = [int(t.item()) for t in gathered]
+        if len(set(counts)) > 1:
+            raise ValueError(
+                f"SyncSwitchNorm2d: processes disagree on this layer's channel count {counts} "
+                f"(rank {dist.get_rank()} has {self.num_features}). Every process must build the "
+                "same model and call its SyncSN layers in the same order."
+            )
+        self._shape_checked = True
+
+    def _batch_moments(self, mean_in: Tensor, second_moment: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        if not self._synchronizes():
+            return super()._batch_moments(mean_in, second_moment)
+        if not self._shape_checked:
+            self._check_channels_across_processes(mean_in.device)
+        c = self.num_features
+        count = mean_in.new_full((1,), float(mean_in.shape[0]))
+        vec = torch.cat([mean_in.sum(dim=0), second_moment.sum(dim=0), count])
+        vec = differentiable_all_reduce(vec)
+        total = vec[2 * c]
+        mean_bn = vec[:c] / total.clamp(min=1)
+        var_bn = (vec[c : 2 * c] / total.clamp(min=1) - mean_bn * mean_bn).clamp(min=0)
+        return mean_bn, var_bn, total.detach()
