@@ -1,0 +1,43 @@
+"""Config keys of sn_detection."""
+from detectron2.config import CfgNode as CN
+
+
+def add_sn_config(cfg: CN) -> None:
+    """Add the ``MODEL.SN`` namespace to ``cfg`` (in place).
+
+    The norm of each part is chosen by detectron2's own keys, which accept "SN", "SyncSN" and every
+    detectron2 norm name: MODEL.RESNETS.NORM, MODEL.FPN.NORM, MODEL.ROI_BOX_HEAD.NORM,
+    MODEL.ROI_MASK_HEAD.NORM. The keys below configure every SN/SyncSN layer of the model.
+    """
+    cfg.MODEL.SN = CN()
+    # Share of the new batch statistic in the running statistics, PyTorch's convention:
+    # running = (1 - MOMENTUM) * running + MOMENTUM * batch. The official code's keep ratio is
+    # 1 - MOMENTUM (its detection code used 0.997, i.e. MOMENTUM 0.003). In [0, 1].
+    cfg.MODEL.SN.MOMENTUM = 0.01
+    # Added to the mixed variance before the square root.
+    cfg.MODEL.SN.EPS = 1e-5
+    # True: exponential moving average of the BN-branch statistics (MOMENTUM above).
+    # False: plain average of all batches since the last reset ("batch average"; the authors
+    # advise it when the learned BN share is large, > 0.3).
+    cfg.MODEL.SN.USING_MOVING_AVERAGE = True
+    # Whether SN mixes batch statistics in (IN, LN, BN) or only (IN, LN). False for 1 image per
+    # GPU, where BN statistics equal IN statistics; must match pretrained weights.
+    cfg.MODEL.SN.USING_BN = True
+    # Start the last SN of every residual block with weight 0 (each block starts as identity).
+    cfg.MODEL.SN.LAST_GAMMA = False
+    # Weight decay of the importance logits (mean_weight, var_weight) of every SN layer.
+    # SN weight and bias follow SOLVER.WEIGHT_DECAY_NORM.
+    cfg.MODEL.SN.WEIGHT_DECAY_IMPORTANCE = 0.0
+
+
+def sn_options(cfg: CN) -> dict:
+    """Keyword arguments for SwitchNorm2d / SyncSwitchNorm2d from ``cfg.MODEL.SN``."""
+    sn = cfg.MODEL.SN
+    assert 0.0 <= sn.MOMENTUM <= 1.0, f"MODEL.SN.MOMENTUM must be in [0, 1], got {sn.MOMENTUM}"
+    assert sn.EPS > 0, f"MODEL.SN.EPS must be positive, got {sn.EPS}"
+    return {
+        "eps":                  sn.EPS,
+        "momentum":             sn.MOMENTUM,
+        "using_moving_average": sn.USING_MOVING_AVERAGE,
+        "using_bn":             sn.USING_BN,
+    }

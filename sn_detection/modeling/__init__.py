@@ -1,0 +1,8 @@
+"""Builders registered with detectron2's registries when this package is imported."""
+from .backbone import (
+    build_sn_resnet_backbone,
+    build_sn_resnet_fpn_backbone,
+    freeze_switchnorm,
+    with_norm_callables,
+)
+from .roi_heads import SNFastRCNNConvFCHead, SNMaskRCNNConvUpsampleHead

@@ -1,0 +1,74 @@
+"""ResNet and ResNet-FPN backbones whose norms may be SN, SyncSN or any detectron2 norm."""
+from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone import ResNet, build_resnet_backbone
+from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+from torch import nn
+
+from ..config import sn_options
+from ..layers import FrozenSwitchNorm2d, SwitchNorm2d, norm_factory
+
+
+def with_norm_callables(cfg: CfgNode) -> CfgNode:
+    """A private copy of ``cfg`` whose RESNETS/FPN ``NORM`` are callables from our registry.
+
+    detectron2's builders hand ``NORM`` straight to its blocks, which accept a callable; so the
+    stock builders build SN backbones without being copied or patched. yacs accepts only plain
+    values through attribute assignment, so the callables are stored as dict items of the copy,
+    which is used for building only (never saved or merged). Unknown names raise here.
+    """
+    cfg = cfg.clone()
+    options = sn_options(cfg)
+    for node in (cfg.MODEL.RESNETS, cfg.MODEL.FPN):
+        dict.__setitem__(node, "NORM", norm_factory(node.NORM, **options))
+    return cfg
+
+
+def freeze_switchnorm(resnet: ResNet, freeze_at: int) -> ResNet:
+    """Turn the SN layers of the stages frozen by ``ResNet.freeze(freeze_at)`` into
+    FrozenSwitchNorm2d (detectron2's freeze converts only BatchNorm)."""
+    if freeze_at >= 1:
+        FrozenSwitchNorm2d.convert_frozen_switchnorm(resnet.stem)
+    for idx, stage in enumerate(resnet.stages, start=2):
+        if freeze_at >= idx:
+            FrozenSwitchNorm2d.convert_frozen_switchnorm(stage)
+    return resnet
+
+
+def zero_init_last_switchnorm(resnet: ResNet) -> None:
+    """Start the last SN of every residual block with weight 0 (MODEL.SN.LAST_GAMMA)."""
+    for stage in resnet.stages:
+        for block in stage.children():
+            if isinstance(block, BottleneckBlock):
+                last = block.conv3.norm
+            elif isinstance(block, BasicBlock):
+                last = block.conv2.norm
+            else:
+                continue
+            if isinstance(last, SwitchNorm2d):
+                last.last_gamma = True
+                nn.init.zeros_(last.weight)
+
+
+def _finish_resnet(resnet: ResNet, cfg: CfgNode) -> ResNet:
+    if cfg.MODEL.SN.LAST_GAMMA:
+        zero_init_last_switchnorm(resnet)
+    return freeze_switchnorm(resnet, cfg.MODEL.BACKBONE.FREEZE_AT)
+
+
+@BACKBONE_REGISTRY.register()
+def build_sn_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
+    """detectron2's ResNet with ``MODEL.RESNETS.NORM`` from our norm registry ("SN", "SyncSN",
+    or any detectron2 norm); SN layers of frozen stages become FrozenSwitchNorm2d."""
+    return _finish_resnet(build_resnet_backbone(with_norm_callables(cfg), input_shape), cfg)
+
+
+@BACKBONE_REGISTRY.register()
+def build_sn_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec):
+    """detectron2's ResNet-FPN with ``MODEL.RESNETS.NORM`` and ``MODEL.FPN.NORM`` from our norm
+    registry; SN layers of frozen stages become FrozenSwitchNorm2d."""
+    backbone = build_resnet_fpn_backbone(with_norm_callables(cfg), input_shape)
+    _finish_resnet(backbone.bottom_up, cfg)
+    return backbone

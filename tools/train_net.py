@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Train and evaluate detectron2 models with Switchable Normalization.
+
+Usage (detectron2's conventions):
+    tools/train_net.py --config-file configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_sn.yaml \
+        --num-gpus 8
+    tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS /path/to/model_final.pth
+Multi-machine: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT.
+"""
+import logging
+import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.utils import comm
+
+from sn_detection import add_sn_config, build_sn_optimizer  # importing registers SN builders
+
+logger = logging.getLogger("sn_detection")
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's trainer with an SN-aware optimizer and COCO evaluation of every test set."""
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_sn_optimizer(cfg, model)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_sn_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE == "cuda" and not torch.cuda.is_available():
+        logger.warning("No CUDA device: running on the CPU (MODEL.DEVICE cpu).")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
