@@ -1,4 +1,5 @@
 """Switchable Normalization with BN-branch statistics synchronized across processes."""
+
 from typing import Tuple
 
 import torch
@@ -27,10 +28,13 @@ class SyncSwitchNorm2d(SwitchNorm2d):
     LN statistics stay per sample. Running statistics are updated from the synchronized statistics,
     so they stay identical on every process.
 
-    With one process, in eval mode, or without an initialised process group, this is exactly
-    :class:`SwitchNorm2d`. Every process must run the layer in the same order with the same
-    ``num_features``; the first synchronized forward of each layer checks the channel count across
-    processes (one extra small collective, once) and raises instead of hanging when they differ.
+    With one process, in eval mode, without an initialised process group, or with
+    ``using_bn=False``, this is exactly :class:`SwitchNorm2d`. Every process must run the layer in
+    the same order, in the same mode, with the same ``num_features`` and dtype; the first
+    synchronized forward of each layer checks channel count and statistics dtype across processes
+    (one extra small collective, once) and raises a ValueError on every process when they differ,
+    instead of hanging or aborting in the all-reduce. With DistributedDataParallel, which averages
+    gradients, the parameter gradients are those of the mean of the processes' losses.
     Works on any backend (gloo, NCCL) through ``torch.distributed``.
     """
 
@@ -45,24 +49,39 @@ class SyncSwitchNorm2d(SwitchNorm2d):
         # an empty batch still joins the collectives of the other processes
         return x.shape[0] > 0 or self._synchronizes()
 
-    def _check_channels_across_processes(self, device: torch.device) -> None:
-        mine = torch.tensor([self.num_features], dtype=torch.int64, device=device)
+    def _check_across_processes(self, stats: Tensor) -> None:
+        """Raise on every process if they disagree on the channel count or the statistics dtype
+        (either would make the all-reduce fail, abort the process or mix unrelated numbers)."""
+        mine = torch.tensor(
+            [self.num_features, torch.finfo(stats.dtype).bits],
+            dtype=torch.int64,
+            device=stats.device,
+        )
         gathered = [torch.zeros_like(mine) for _ in range(_world_size())]
         dist.all_gather(gathered, mine)
-        counts = [int(t.item()) for t in gathered]
+        counts = [int(t[0]) for t in gathered]
+        bits = [int(t[1]) for t in gathered]
         if len(set(counts)) > 1:
             raise ValueError(
                 f"SyncSwitchNorm2d: processes disagree on this layer's channel count {counts} "
                 f"(rank {dist.get_rank()} has {self.num_features}). Every process must build the "
                 "same model and call its SyncSN layers in the same order."
             )
+        if len(set(bits)) > 1:
+            raise ValueError(
+                f"SyncSwitchNorm2d: processes disagree on the dtype of this layer's statistics "
+                f"(float bits per rank: {bits}; rank {dist.get_rank()} has {stats.dtype}). "
+                "Every process must run the model in the same dtype."
+            )
         self._shape_checked = True
 
-    def _batch_moments(self, mean_in: Tensor, second_moment: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def _batch_moments(
+        self, mean_in: Tensor, second_moment: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor]:
         if not self._synchronizes():
             return super()._batch_moments(mean_in, second_moment)
         if not self._shape_checked:
-            self._check_channels_across_processes(mean_in.device)
+            self._check_across_processes(mean_in)
         c = self.num_features
         count = mean_in.new_full((1,), float(mean_in.shape[0]))
         vec = torch.cat([mean_in.sum(dim=0), second_moment.sum(dim=0), count])
