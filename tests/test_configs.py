@@ -1,0 +1,31 @@
+"""Every shipped config loads and builds a model."""
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from conftest import CONFIGS, load_config
+
+ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+
+
+def test_configs_are_found():
+    names = {p.name for p in ALL_CONFIGS}
+    assert {
+        "Base-SN-RCNN-FPN.yaml",
+        "mask_rcnn_R_50_FPN_2x_sn.yaml",
+        "mask_rcnn_R_50_FPN_2x_sn_8x1.yaml",
+        "mask_rcnn_R_50_FPN_2x_gn.yaml",
+        "mask_rcnn_R_50_FPN_2x_frozenbn.yaml",
+        "mask_rcnn_R_50_FPN_2x_syncsn.yaml",
+        "faster_rcnn_R_50_FPN_2x_sn.yaml",
+        "mask_rcnn_sn_demo.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_loads_and_builds(path):
+    cfg = load_config(path)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert hasattr(model.roi_heads, "mask_head") == cfg.MODEL.MASK_ON

@@ -1,0 +1,219 @@
+"""SwitchNorm2d against the plain official-semantics reference, and its edge cases."""
+import copy
+
+import pytest
+import torch
+
+from sn_detection.layers import SwitchNorm2d
+from sn_detection.layers.switch_norm_reference import switch_norm_reference
+
+
+def _random_sn(channels=6, using_bn=True, momentum=0.1, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    m = SwitchNorm2d(channels, using_bn=using_bn, momentum=momentum).to(dtype)
+    with torch.no_grad():
+        m.weight.normal_()
+        m.bias.normal_()
+        m.mean_weight.normal_()
+        m.var_weight.normal_()
+        if using_bn:
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _reference(m, x, training):
+    params = [p.detach().clone().requires_grad_() for p in
+              (m.weight, m.bias, m.mean_weight, m.var_weight)]
+    rm = m.running_mean.clone() if m.using_bn else None
+    rv = m.running_var.clone() if m.using_bn else None
+    y = switch_norm_reference(x, *params, rm, rv, training=training, momentum=m.momentum, eps=m.eps)
+    return y, params, rm, rv
+
+
+@pytest.mark.parametrize("using_bn", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_matches_reference_forward_backward_and_running_stats(using_bn, training):
+    m = _random_sn(using_bn=using_bn).train(training)
+    x = (torch.randn(3, 6, 5, 4, dtype=torch.float64) * 3 + 1).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref, params_ref, rm, rv = _reference(m, x_ref, training)
+    y = m(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+
+    dy = torch.randn_like(y)
+    params = [m.weight, m.bias, m.mean_weight, m.var_weight]
+    grads = torch.autograd.grad(y, [x, *params], dy)
+    grads_ref = torch.autograd.grad(y_ref, [x_ref, *params_ref], dy)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-10)
+    if using_bn:
+        torch.testing.assert_close(m.running_mean, rm)
+        torch.testing.assert_close(m.running_var, rv)
+
+
+def test_float32_matches_float64_reference():
+    m = _random_sn(channels=32, dtype=torch.float32)
+    x = torch.randn(2, 32, 17, 13) * 2 + 5
+    y_ref, *_ = _reference(copy.deepcopy(m).double(), x.double(), True)
+    torch.testing.assert_close(m(x).double(), y_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("using_bn", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_gradcheck_float64(using_bn, training):
+    m = _random_sn(channels=4, using_bn=using_bn).train(training)
+    x = torch.randn(3, 4, 3, 2, dtype=torch.float64, requires_grad=True)
+
+    def f(x, weight, bias, mean_weight, var_weight):
+        m.weight.data, m.bias.data = weight, bias  # noqa: keep the module's buffers
+        return torch.func.functional_call(
+            m, {"weight": weight, "bias": bias, "mean_weight": mean_weight,
+                "var_weight": var_weight}, (x,)
+        )
+
+    params = tuple(
+        p.detach().clone().requires_grad_() for p in
+        (m.weight, m.bias, m.mean_weight, m.var_weight)
+    )
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
+def test_running_stats_start_at_zero_and_follow_pytorch_momentum():
+    m = SwitchNorm2d(3, momentum=0.25)
+    assert torch.equal(m.running_mean, torch.zeros(3))
+    assert torch.equal(m.running_var, torch.zeros(3))
+    x = torch.randn(4, 3, 5, 5)
+    m(x)
+    per_sample_mean = x.mean(dim=(2, 3))
+    per_sample_var = x.var(dim=(2, 3))  # unbiased, official semantics
+    batch_mean = per_sample_mean.mean(0)
+    batch_var = (per_sample_var + per_sample_mean**2).mean(0) - batch_mean**2
+    torch.testing.assert_close(m.running_mean, 0.25 * batch_mean)
+    torch.testing.assert_close(m.running_var, 0.25 * batch_var)
+
+
+def test_batch_average_mode_averages_all_batches_since_reset():
+    m = SwitchNorm2d(3, using_moving_average=False)
+    batches = [torch.randn(2, 3, 4, 4) * (i + 1) + i for i in range(3)]
+    means = []
+    for x in batches:
+        m(x)
+        means.append(x.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(m.running_mean, torch.stack(means).mean(0))
+    m.reset_running_stats()
+    m(batches[0])
+    torch.testing.assert_close(m.running_mean, means[0])
+
+
+def test_eval_output_is_independent_of_eval_batch_size():
+    m = _random_sn(channels=8, dtype=torch.float32).eval()
+    x = torch.randn(5, 8, 6, 6)
+    together = m(x)
+    alone = torch.cat([m(x[i : i + 1]) for i in range(5)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 1, 1), (1, 4, 3, 3), (1, 4, 1, 1), (3, 4, 1, 7)])
+def test_degenerate_shapes_stay_finite(shape):
+    m = SwitchNorm2d(4)
+    x = torch.randn(*shape, requires_grad=True)
+    y = m(x)
+    y.pow(2).sum().backward()
+    assert torch.isfinite(y).all()
+    assert torch.isfinite(x.grad).all()
+    for p in m.parameters():
+        assert torch.isfinite(p.grad).all()
+    assert torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all()
+
+
+def test_single_spatial_element_has_zero_instance_variance():
+    # with H*W = 1 the IN variance is 0 (NaN in the official code); with IN weight only, y = bias
+    m = SwitchNorm2d(2, using_bn=False)
+    with torch.no_grad():
+        m.mean_weight.copy_(torch.tensor([50.0, -50.0]))
+        m.var_weight.copy_(torch.tensor([50.0, -50.0]))
+        m.bias.copy_(torch.tensor([0.5, -0.5]))
+    y = m(torch.randn(3, 2, 1, 1))
+    # y = x * scale + shift with scale = 1 / sqrt(eps): float32 rounding of x * scale remains
+    expected = torch.tensor([0.5, -0.5]).view(1, 2, 1, 1).expand(3, 2, 1, 1)
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-4)
+
+
+def test_empty_batch_gives_empty_output_keeps_autograd_and_running_stats():
+    m = _random_sn(channels=4, dtype=torch.float32)
+    before = (m.running_mean.clone(), m.running_var.clone())
+    x = torch.zeros(0, 4, 5, 5, requires_grad=True)
+    y = m(x)
+    assert y.shape == (0, 4, 5, 5)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for p in m.parameters():
+        assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p))
+    assert torch.equal(m.running_mean, before[0]) and torch.equal(m.running_var, before[1])
+
+
+def test_cancelled_variance_is_clamped_not_nan():
+    # a constant input: E[x^2] - E[x]^2 cancels to (possibly negative) rounding noise
+    m = SwitchNorm2d(3)
+    x = torch.full((2, 3, 4, 4), 1234.567)
+    y = m(x)
+    assert torch.isfinite(y).all()
+    assert (m.running_var >= 0).all()
+
+
+def test_autocast_keeps_float32_statistics_and_input_dtype():
+    m = _random_sn(channels=8, dtype=torch.float32)
+    x = (torch.randn(2, 8, 6, 6) * 4 + 100).bfloat16()
+    expected = copy.deepcopy(m)(x.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.bfloat16
+    assert m.running_mean.dtype == torch.float32
+    # only the bf16 rounding of the output, no loss in the statistics
+    torch.testing.assert_close(y.float(), expected, rtol=0.02, atol=0.05)
+
+
+def test_state_dict_keys_and_shapes():
+    sd = SwitchNorm2d(5).state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {
+        "weight": (5,), "bias": (5,), "mean_weight": (3,), "var_weight": (3,),
+        "running_mean": (5,), "running_var": (5,),
+    }
+    sd = SwitchNorm2d(5, using_bn=False).state_dict()
+    assert set(sd) == {"weight", "bias", "mean_weight", "var_weight"}
+    assert sd["mean_weight"].shape == (2,)
+
+
+def test_loads_official_tensor_layout():
+    src = _random_sn(channels=4, dtype=torch.float32)
+    official = {
+        "weight": src.weight.detach().view(1, 4, 1, 1), "bias": src.bias.detach().view(1, 4, 1, 1),
+        "running_mean": src.running_mean.view(1, 4, 1), "running_var": src.running_var.view(1, 4, 1),
+        "mean_weight": src.mean_weight.detach(), "var_weight": src.var_weight.detach(),
+    }
+    dst = SwitchNorm2d(4)
+    dst.load_state_dict(official)
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(dst.state_dict()[k], v)
+
+
+def test_last_gamma_starts_with_zero_weight():
+    assert torch.equal(SwitchNorm2d(3, last_gamma=True).weight, torch.zeros(3))
+    assert torch.equal(SwitchNorm2d(3).weight, torch.ones(3))
+
+
+def test_bad_input_errors_name_the_problem():
+    with pytest.raises(ValueError, match="4-D"):
+        SwitchNorm2d(3)(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="built for 3 channels but the input has 5"):
+        SwitchNorm2d(3)(torch.randn(2, 5, 4, 4))
+    with pytest.raises(ValueError, match="momentum"):
+        SwitchNorm2d(3, momentum=0.997 + 1)
+
+
+def test_importance_and_repr():
+    m = SwitchNorm2d(3)
+    imp = m.importance()
+    assert imp["mean"] == pytest.approx({"IN": 1 / 3, "LN": 1 / 3, "BN": 1 / 3})
+    assert "using_bn=True" in repr(m) and "momentum=0.01" in repr(m)
