@@ -1,4 +1,5 @@
 """Normalization layers: SN, its frozen and synchronized forms, and the norm registry."""
+from . import cpu_kernels  # noqa: F401  (imported for registration: the C++ CPU kernels)
 from .norm import NORMS, get_norm, norm_factory, register_norm, valid_norm_names
 from .switch_norm import FrozenSwitchNorm2d, SwitchNorm2d
 from .switch_norm_function import register_kernels, select_kernels
