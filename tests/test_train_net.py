@@ -55,3 +55,16 @@ def test_train_then_eval_only_report_coco_box_and_mask_ap(tmp_path):
         # the reloaded weights reproduce the evaluation at the end of training
         assert eval_metrics[task]["AP"] == metrics[task]["AP"]
     assert (tmp_path / "eval/inference/sn_shapes_val/coco_instances_results.json").is_file()
+
+
+def test_two_process_syncsn_run_trains_and_reports_coco_ap(tmp_path):
+    # --num-gpus 2 on a CPU-only machine: detectron2's launcher starts 2 processes on gloo
+    log = _train_net(
+        "--num-gpus", "2",
+        "--config-file", str(CONFIGS / "quick_schedules/mask_rcnn_syncsn_smoke.yaml"),
+        "OUTPUT_DIR", str(tmp_path),
+    )
+    assert "Rank of current process: 0. World size: 2" in log
+    assert "SyncSwitchNorm2d" in log  # the model printed at start-up uses SyncSN
+    assert set(_copypaste_metrics(log)) == {"bbox", "segm"}
+    assert (tmp_path / "model_final.pth").is_file()

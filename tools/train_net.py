@@ -9,21 +9,62 @@ Multi-machine: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT.
 """
 import logging
 import os
+import weakref
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
 
 from sn_detection import add_sn_config, build_sn_optimizer  # importing registers SN builders
+from sn_detection.checkpoint import SNCheckpointer
 
 logger = logging.getLogger("sn_detection")
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's trainer with an SN-aware optimizer and COCO evaluation of every test set."""
+    """detectron2's trainer with an SN-aware optimizer, COCO evaluation of every test set, and
+    SNCheckpointer (MODEL.WEIGHTS may be an ImageNet SN checkpoint as released)."""
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this; the
+        # checkpoint hook must get ours (same arguments; it saves identically)
+        self.checkpointer = SNCheckpointer(
+            self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__, except for one argument: detectron2 gives DDP the local rank as
+        # device_ids, which DistributedDataParallel refuses for CPU models; CPU runs of several
+        # processes (gloo) need device_ids=None.
+        TrainerBase.__init__(self)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        ddp_device = {"device_ids": None} if cfg.MODEL.DEVICE == "cpu" else {}
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_device)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -53,7 +94,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SNCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)
