@@ -1,0 +1,257 @@
+"""Per-layer cost of SN against BatchNorm2d, GroupNorm(32) and detectron2's FrozenBatchNorm2d.
+
+    python benchmarks/bench_norm.py            # CPU (2 threads) and, when present, CUDA
+    python benchmarks/bench_norm.py --quick    # small shapes, few repeats (a smoke test)
+
+For each (N, C, H, W) shape, all layers are measured side by side in one run, in training mode,
+on a leaf input that requires grad, with one fixed random output gradient:
+
+- time: median over ``--repeats`` of forward and of forward+backward, after ``--warmup`` untimed
+  rounds. Every repeat runs each layer once in turn (round robin), so drifting machine load hits
+  all layers alike. On CUDA the device is synchronised around each measurement.
+- saved: the bytes autograd keeps for backward, seen through
+  ``torch.autograd.graph.saved_tensors_hooks``: the sum of ``nbytes`` of the unique storages of
+  the tensors packed during forward ("total"), and the same without the input's own storage
+  ("beyond input"). A custom Function's tensors held as ``ctx`` attributes rather than saved
+  with ``save_for_backward`` are not seen; in SN those are only (N, C)-sized.
+- peak: the most memory allocated at any moment of one forward+backward beyond what was allocated
+  before it (input, output gradient and parameters are not counted): output, saved tensors,
+  temporaries and the input gradient. On CUDA from ``torch.cuda.max_memory_allocated``; on CPU
+  from the allocation and free events that the PyTorch profiler records with
+  ``profile_memory=True`` (every allocation of PyTorch's CPU allocator, the C++ kernels'
+  included), summed in time order.
+
+Layers: "SN ours" is ``SwitchNorm2d`` with the fastest registered kernels (the C++/OpenMP ones
+on CPU when built), "SN ours, plain" the same layer on the plain PyTorch kernels
+(``use_fast_kernels=False``), "SN reference" the official formulas written plainly
+(``switch_norm_reference``). CPU runs are float32; CUDA runs float32 and bfloat16 autocast (the
+input in bfloat16, as a convolution under autocast produces it). The load average is printed:
+other processes on the machine slow multi-threaded runs.
+"""
+
+import argparse
+import os
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.layers import FrozenBatchNorm2d
+from tabulate import tabulate
+from torch import Tensor, nn
+
+from sn_detection.layers import SwitchNorm2d, select_kernels
+from sn_detection.layers.switch_norm_reference import switch_norm_reference
+
+# Mask R-CNN-sized inputs: FPN levels of an 800x1216 image pair, and a batch of RoI features
+SHAPES = [(2, 256, 200, 304), (2, 64, 400, 608), (2, 512, 100, 152), (1024, 256, 14, 14)]
+QUICK_SHAPES = [(2, 32, 24, 32), (64, 32, 7, 7)]
+MB = 2.0**20
+
+
+class ReferenceSN(nn.Module):
+    """``switch_norm_reference`` with SN's parameters and running statistics."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.mean_weight = nn.Parameter(torch.ones(3))
+        self.var_weight = nn.Parameter(torch.ones(3))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return switch_norm_reference(
+            x, self.weight, self.bias, self.mean_weight, self.var_weight,
+            self.running_mean, self.running_var, training=self.training,
+        )  # fmt: skip
+
+
+def _sn(channels: int, fast: bool) -> nn.Module:
+    m = SwitchNorm2d(channels)
+    m.use_fast_kernels = fast
+    return m
+
+
+LAYERS: Dict[str, Callable[[int], nn.Module]] = {
+    "SN ours": lambda c: _sn(c, fast=True),
+    "SN ours, plain": lambda c: _sn(c, fast=False),
+    "SN reference": ReferenceSN,
+    "BatchNorm2d": nn.BatchNorm2d,
+    "GroupNorm(32)": lambda c: nn.GroupNorm(32, c),
+    "FrozenBatchNorm2d": FrozenBatchNorm2d,
+}
+BASELINE = "GroupNorm(32)"
+
+
+class Case:
+    """One layer on one input: runs forward and backward and measures them."""
+
+    def __init__(self, layer: nn.Module, x: Tensor, dy: Tensor, autocast: Optional[torch.dtype]):
+        self.layer, self.x, self.dy, self.autocast = layer, x, dy, autocast
+        self.device = x.device
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def forward(self) -> Tensor:
+        with torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None):
+            return self.layer(self.x)
+
+    def run(self) -> Tuple[float, float]:
+        """Seconds of forward and of forward+backward."""
+        self.x.grad = None
+        self.layer.zero_grad(set_to_none=True)
+        self._sync()
+        start = time.perf_counter()
+        y = self.forward()
+        self._sync()
+        forward = time.perf_counter() - start
+        y.backward(self.dy.to(y.dtype))
+        self._sync()
+        total = time.perf_counter() - start
+        del y
+        return forward, total
+
+    def saved_bytes(self) -> Tuple[int, int]:
+        """Bytes saved for backward: (total, beyond the input's storage)."""
+        storages: Dict[int, int] = {}
+
+        def pack(t: Tensor) -> Tensor:
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = self.forward()
+        del y
+        total = sum(storages.values())
+        return total, total - storages.get(self.x.untyped_storage().data_ptr(), 0)
+
+    def peak_bytes(self) -> int:
+        """The most memory allocated during one forward+backward beyond what was there before."""
+        self.x.grad = None
+        self.layer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            self._sync()
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.run()
+            return torch.cuda.max_memory_allocated(self.device) - before
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+            self.run()
+        events = sorted(
+            (e.start_ns(), e.nbytes())
+            for e in prof.profiler.kineto_results.events()
+            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+        )
+        allocated = peak = 0
+        for _, nbytes in events:
+            allocated += nbytes
+            peak = max(peak, allocated)
+        return peak
+
+
+def measure(
+    shape: Sequence[int],
+    device: torch.device,
+    dtype: torch.dtype,
+    autocast: Optional[torch.dtype],
+    repeats: int,
+    warmup: int,
+) -> List[dict]:
+    """All layers on one input, interleaved; one result row per layer."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(device, dtype).requires_grad_()
+    dy = torch.randn(shape, generator=gen).to(device)
+    cases = {
+        name: Case(make(shape[1]).to(device).train(), x, dy, autocast)
+        for name, make in LAYERS.items()
+    }
+    times: Dict[str, List[Tuple[float, float]]] = {name: [] for name in cases}
+    for i in range(warmup + repeats):
+        for name, case in cases.items():
+            result = case.run()
+            if i >= warmup:
+                times[name].append(result)
+    rows = []
+    for name, case in cases.items():
+        forward = statistics.median(t[0] for t in times[name])
+        total = statistics.median(t[1] for t in times[name])
+        saved, beyond = case.saved_bytes()
+        rows.append(
+            dict(layer=name, forward=forward, total=total, saved=saved, beyond=beyond,
+                 peak=case.peak_bytes())
+        )  # fmt: skip
+    base = next(r["total"] for r in rows if r["layer"] == BASELINE)
+    for row in rows:
+        row["ratio"] = row["total"] / base
+    return rows
+
+
+def _table(results: List[Tuple[str, List[dict]]]) -> str:
+    lines = []
+    for shape, rows in results:
+        for r in rows:
+            lines.append(
+                [shape, r["layer"], f"{r['forward'] * 1e3:.2f}", f"{r['total'] * 1e3:.2f}",
+                 f"{r['ratio']:.2f}", f"{r['saved'] / MB:.1f}", f"{r['beyond'] / MB:.1f}",
+                 f"{r['peak'] / MB:.1f}"]
+            )  # fmt: skip
+    headers = ["shape", "layer", "fwd ms", "fwd+bwd ms", "vs GN", "saved MB", "beyond input MB",
+               "peak MB"]  # fmt: skip
+    return tabulate(lines, headers, tablefmt="github", disable_numparse=True)
+
+
+def _configs(device: str) -> List[Tuple[str, torch.device, torch.dtype, Optional[torch.dtype]]]:
+    configs = []
+    if device in ("cpu", "all"):
+        configs.append(("cpu fp32", torch.device("cpu"), torch.float32, None))
+    if device in ("cuda", "all") and torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        configs.append(("cuda fp32", cuda, torch.float32, None))
+        configs.append(("cuda bf16 autocast", cuda, torch.bfloat16, torch.bfloat16))
+    elif device == "cuda":
+        raise SystemExit("--device cuda: CUDA is not available")
+    return configs
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                        help="all: CPU, and CUDA when available")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds (default 2)")
+    parser.add_argument("--shape", type=int, nargs=4, action="append", metavar=("N", "C", "H", "W"),
+                        help="an input shape (repeatable); default: Mask R-CNN-sized shapes")  # fmt: skip
+    args = parser.parse_args(argv)
+    shapes = args.shape or (QUICK_SHAPES if args.quick else SHAPES)
+    repeats = args.repeats or (3 if args.quick else 10)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+
+    torch.set_num_threads(args.threads)
+    probe = torch.zeros(1, 1, 1, 1)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.2f}, SN CPU kernels: {select_kernels(probe).name}")  # fmt: skip
+    print(f"median of {repeats} repeats after {warmup} warm-up; vs GN = fwd+bwd / GroupNorm(32)'s")
+    for label, device, dtype, autocast in _configs(args.device):
+        results = []
+        for shape in shapes:
+            rows = measure(shape, device, dtype, autocast, repeats, warmup)
+            results.append(("x".join(map(str, shape)), rows))
+        kernels = select_kernels(torch.zeros(1, 1, 1, 1, device=device, dtype=dtype)).name
+        print(f"\n## {label} (SN ours: {kernels} kernels)\n")
+        print(_table(results))
+        ratios = [next(r["ratio"] for r in rows if r["layer"] == "SN ours") for _, rows in results]
+        print(f"\nSN ours / GroupNorm(32), fwd+bwd: {', '.join(f'{r:.2f}' for r in ratios)}; "
+              f"worst {max(ratios):.2f} (target <= 1.25)")  # fmt: skip
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
