@@ -12,7 +12,6 @@ import os
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import (
     AMPTrainer,
@@ -37,18 +36,10 @@ class Trainer(DefaultTrainer):
     """detectron2's trainer with an SN-aware optimizer, COCO evaluation of every test set, and
     SNCheckpointer (MODEL.WEIGHTS may be an ImageNet SN checkpoint as released)."""
 
-    def build_hooks(self):
-        # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this; the
-        # checkpoint hook must get ours (same arguments; it saves identically)
-        self.checkpointer = SNCheckpointer(
-            self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        return super().build_hooks()
-
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, except for one argument: detectron2 gives DDP the local rank as
-        # device_ids, which DistributedDataParallel refuses for CPU models; CPU runs of several
-        # processes (gloo) need device_ids=None.
+        # DefaultTrainer.__init__, except for SNCheckpointer and one argument: detectron2 gives
+        # DDP the local rank as device_ids, which DistributedDataParallel refuses for CPU models;
+        # CPU runs of several processes (gloo) need device_ids=None.
         TrainerBase.__init__(self)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
@@ -60,7 +51,8 @@ class Trainer(DefaultTrainer):
             model, data_loader, optimizer
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # loads MODEL.WEIGHTS also from ImageNet SN files; saves as DetectionCheckpointer
+        self.checkpointer = SNCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

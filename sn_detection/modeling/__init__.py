@@ -6,3 +6,4 @@ from .backbone import (
     with_norm_callables,
 )
 from .roi_heads import SNFastRCNNConvFCHead, SNMaskRCNNConvUpsampleHead
+from .resnet_v2 import build_sn_resnet_v2_backbone, build_sn_resnet_v2_fpn_backbone
