@@ -46,6 +46,7 @@ QUICK_SHAPES = [
     ("tiny map", 2, 32, 16, 16),
     ("tiny RoIs", 8, 32, 7, 7),
 ]
+COLLECTIVES_ONLY = "gloo all_gather + all_reduce of 2C+1 floats alone"
 COLLECTIVES = (
     "all_reduce",
     "all_gather",
@@ -107,30 +108,73 @@ def _layers(sync_bn_error: Optional[str]) -> List[Tuple[str, str, Callable[[int]
     return layers
 
 
-def _time_layer(
-    layer: nn.Module, shape: Tuple[int, ...], warmup: int, iters: int
-) -> Dict[str, object]:
-    """Per-iteration forward and forward+backward seconds (this rank), and collective counts."""
-    x = torch.randn(*shape).requires_grad_()
-    dy = torch.randn(*shape)
-    layer(x).backward(dy)  # first iteration: one-time checks, allocations
+def _iteration(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Tuple[float, float]:
+    """One forward and backward, all ranks starting together: (fwd s, fwd+bwd s) on this rank."""
+    x.grad = None
+    dist.barrier()  # a rank that waits in the layer's collective counts the wait as its time
+    t0 = time.perf_counter()
+    y = layer(x)
+    t1 = time.perf_counter()
+    y.backward(dy)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t0
+
+
+def _count_calls(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Tuple[int, int]:
+    """Collective calls in one forward and in one backward, after a first (checking) iteration."""
+    layer(x).backward(dy)
     with count_collectives() as forward:
         y = layer(x)
     with count_collectives() as backward:
         y.backward(dy)
-    fwd, total = [], []
-    for i in range(warmup + iters):
-        x.grad = None
-        dist.barrier()  # start together: a rank waiting in a collective counts as its time
-        t0 = time.perf_counter()
-        y = layer(x)
-        t1 = time.perf_counter()
-        y.backward(dy)
-        t2 = time.perf_counter()
-        if i >= warmup:
-            fwd.append(t1 - t0)
-            total.append(t2 - t0)
-    return {"fwd": fwd, "total": total, "calls": (sum(forward.values()), sum(backward.values()))}
+    return sum(forward.values()), sum(backward.values())
+
+
+def _collectives_only(channels: int) -> Tuple[float, float]:
+    """The floor of a synchronized norm: the all-gather (forward) and all-reduce (backward) of
+    2C+1 floats that SyncSN and NaiveSyncBN make, alone: (forward s, both s) on this rank."""
+    vec = torch.randn(2 * channels + 1)
+    gathered = [torch.empty_like(vec) for _ in range(dist.get_world_size())]
+    dist.barrier()
+    t0 = time.perf_counter()
+    dist.all_gather(gathered, vec)
+    torch.stack(gathered).sum(dim=0)
+    t1 = time.perf_counter()
+    dist.all_reduce(vec)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t0
+
+
+def _bench_shape(shape: Tuple[int, ...], layers, args: argparse.Namespace) -> List[tuple]:
+    """(name, family, fwd ms, fwd+bwd ms, calls fwd, calls bwd) per layer, medians over rounds,
+    and a last row for the collectives alone.
+
+    The layers take turns, one iteration each per round, so a busy machine slows them alike.
+    """
+    x = torch.randn(*shape).requires_grad_()
+    dy = torch.randn(*shape)
+    modules = [make(shape[1]).train() for _, _, make in layers]
+    calls = [_count_calls(m, x, dy) for m in modules] + [(1, 1)]
+    times: List[List[Tuple[float, float]]] = [[] for _ in range(len(modules) + 1)]
+    for round_ in range(args.warmup + args.iters):
+        for m, t in zip(modules, times):
+            fwd_total = _iteration(m, x, dy)
+            if round_ >= args.warmup:
+                t.append(fwd_total)
+        fwd_total = _collectives_only(shape[1])
+        if round_ >= args.warmup:
+            times[-1].append(fwd_total)
+    gathered: List[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, times)
+    rows = []
+    names = [(name, family) for name, family, _ in layers] + [(COLLECTIVES_ONLY, "gloo")]
+    for i, (name, family) in enumerate(names):
+        # per iteration, the slowest rank
+        slowest = [tuple(map(max, zip(*per_rank))) for per_rank in zip(*(g[i] for g in gathered))]
+        fwd_ms = statistics.median(t[0] for t in slowest) * 1e3
+        total_ms = statistics.median(t[1] for t in slowest) * 1e3
+        rows.append((name, family, fwd_ms, total_ms, *calls[i]))
+    return rows
 
 
 def _worker(rank: int, world_size: int, store: str, args: argparse.Namespace, out: str) -> None:
@@ -138,28 +182,21 @@ def _worker(rank: int, world_size: int, store: str, args: argparse.Namespace, ou
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(rank)
+        if args.plain_kernels:
+            from sn_detection.layers import SwitchNorm2d
+
+            SwitchNorm2d.use_fast_kernels = False
         sync_bn_error = _torch_sync_bn_error()
+        layers = _layers(sync_bn_error)
         rows = []
         for shape_name, *shape in args.shapes:
-            for layer_name, family, make in _layers(sync_bn_error):
-                result = _time_layer(make(shape[1]).train(), tuple(shape), args.warmup, args.iters)
-                gathered: List[Dict[str, object]] = [None] * world_size
-                dist.all_gather_object(gathered, result)
-                slowest = [max(t) for t in zip(*(g["total"] for g in gathered))]
-                slowest_fwd = [max(t) for t in zip(*(g["fwd"] for g in gathered))]
-                rows.append(
-                    (
-                        shape_name,
-                        "x".join(map(str, shape)),
-                        layer_name,
-                        family,
-                        statistics.median(slowest_fwd) * 1e3,
-                        statistics.median(slowest) * 1e3,
-                        *result["calls"],
-                    )
-                )
+            for row in _bench_shape(tuple(shape), layers, args):
+                rows.append((shape_name, "x".join(map(str, shape)), *row))
         if rank == 0:
-            torch.save({"rows": rows, "sync_bn_error": sync_bn_error}, out)
+            from sn_detection.layers import select_kernels
+
+            kernels = select_kernels(torch.zeros(1, 1, 1, 1), not args.plain_kernels).name
+            torch.save({"rows": rows, "sync_bn_error": sync_bn_error, "kernels": kernels}, out)
     finally:
         dist.destroy_process_group()
 
@@ -169,7 +206,8 @@ def _print_report(
 ) -> None:
     print(
         f"# {args.world_size} processes, gloo, CPU, 1 thread each, float32; median of "
-        f"{args.iters} iterations after {args.warmup} warm-up (slowest rank per iteration)"
+        f"{args.iters} iterations after {args.warmup} warm-up (slowest rank per iteration); "
+        f"SN kernels: {args.kernels}"
     )
     if sync_bn_error is not None:
         print(f"# nn.SyncBatchNorm does not run on CPU/gloo ({sync_bn_error});")
@@ -181,7 +219,9 @@ def _print_report(
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     unsynced: Dict[Tuple[str, str], float] = {}
     for shape_name, dims, layer, family, fwd_ms, total_ms, calls_fwd, calls_bwd in rows:
-        if (shape_name, family) not in unsynced:
+        if family == "gloo":
+            cost = "-"
+        elif (shape_name, family) not in unsynced:
             unsynced[shape_name, family] = total_ms
             cost = "-"
         else:
@@ -190,7 +230,10 @@ def _print_report(
             f"| {shape_name} | {dims} | {layer} | {fwd_ms:.2f} | {total_ms:.2f} "
             f"| {total_ms / unsynced[shape_name, 'SN']:.2f}x | {cost} | {calls_fwd} | {calls_bwd} |"
         )
-    print("# sync cost: fwd+bwd time minus that of the same norm without synchronization")
+    print(
+        "# sync cost: fwd+bwd time minus that of the same norm without synchronization; "
+        f"'{COLLECTIVES_ONLY}': its floor"
+    )
     print(
         "# collectives: calls per layer per iteration after the first; SyncSN's first forward "
         "makes one more (the cross-process channel/dtype check)"
@@ -203,6 +246,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     size.add_argument("--quick", action="store_true", help="tiny shapes, few iterations (smoke)")
     size.add_argument("--full", action="store_true", help="full Mask R-CNN sizes (slow on CPU)")
     parser.add_argument("--world-size", type=int, default=2)
+    parser.add_argument(
+        "--plain-kernels", action="store_true", help="SN on the plain PyTorch kernels, not the C++"
+    )
     parser.add_argument("--iters", type=int, default=None, help="timed iterations per layer")
     parser.add_argument("--warmup", type=int, default=None)
     args = parser.parse_args(argv)
@@ -221,6 +267,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             start_method="spawn",
         )
         report = torch.load(out)
+    args.kernels = report["kernels"]
     _print_report(report["rows"], report["sync_bn_error"], args)
 
 
