@@ -269,6 +269,27 @@ def test_backbone_loaded_in_memory_reproduces_official_stages(official, name):
     assert_same_features(backbone, model)
 
 
+def test_truncated_v2_backbone_loads_the_next_preactivation_norm(official):
+    model, path = official["v2"]
+    backbone = build_backbone(
+        backbone_cfg("v2", True, 50, True, "MODEL.RESNETS.OUT_FEATURES", "['res2', 'res3']")
+    )
+    load(backbone, path)  # res4.* and norm_out are not built; res4.0.norm1 is
+    with torch.no_grad():
+        ours = backbone.eval()(INPUT)
+    for name in ("res2", "res3"):
+        torch.testing.assert_close(ours[name], model.reference[name], rtol=1e-4, atol=1e-4)
+
+
+def test_official_file_is_recognised_whatever_its_suffix(official, tmp_path):
+    model, path = official["v1_nobn"]
+    renamed = tmp_path / "weights.pkl"  # detectron2 would read a .pkl with pickle
+    renamed.write_bytes(open(path, "rb").read())
+    backbone = build_backbone(backbone_cfg("v1", False))
+    load(backbone, str(renamed))
+    assert_same_features(backbone, model)
+
+
 def test_converted_pkl_loads_exactly_even_with_detectron2_checkpointer(official, tmp_path):
     convert = _tool_module().main
     model, path = official["v2"]
@@ -390,6 +411,12 @@ def test_classifier_of_another_architecture_gives_one_line_error(tmp_path):
     path = tmp_path / "resnet_bn.pth.tar"
     torch.save({"state_dict": {"module." + k: v for k, v in net.state_dict().items()}}, path)
     assert "another architecture" in _one_line_error(path)
+    state = OfficialResNet("v1", stem=2, planes=1).state_dict()  # an SN ResNet-18/34 lacks conv3
+    path = tmp_path / "resnet34_sn.pth"
+    torch.save(
+        {"state_dict": {k: v for k, v in state.items() if "3" not in k.split(".")[-2]}}, path
+    )
+    assert "basic blocks" in _one_line_error(path)
     path = tmp_path / "other_detector.pth"
     torch.save({"model": {"head.weight": torch.zeros(3)}}, path)
     assert "another architecture" in _one_line_error(path)

@@ -103,6 +103,17 @@ def _numpy_scalar_globals() -> list:
     return allowed
 
 
+# torch.save output starts with a zip header, or (before PyTorch 1.6) with a pickled magic number
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19")
+
+
+def is_torch_file(path: str) -> bool:
+    """Whether ``path`` was written by ``torch.save`` (judged by its first bytes)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    return head.startswith(_TORCH_MAGIC)
+
+
 def read_checkpoint(path: str) -> Any:
     """``torch.load`` of ``path`` on the CPU with ``weights_only=True`` (numpy scalars allowed).
 

@@ -12,6 +12,7 @@ from .imagenet_sn import (
     convert_official,
     describe_foreign,
     fit_to_model,
+    is_torch_file,
     official_state_dict,
     read_checkpoint,
     unreadable,
@@ -39,6 +40,10 @@ class SNCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename: str) -> Dict[str, Any]:
         self._source = filename
         try:
+            if filename.endswith(".pkl") and is_torch_file(filename):
+                # detectron2 decides by suffix; a torch.save file named .pkl is read as one
+                loaded = self._torch_load(filename)
+                return loaded if "model" in loaded else {"model": loaded}
             return super()._load_file(filename)
         except (CheckpointError, FileNotFoundError):
             raise
