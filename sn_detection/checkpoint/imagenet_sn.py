@@ -8,6 +8,7 @@ docs/PRETRAINED.md). :func:`convert_official` maps every tensor to our backbones
 key to change when they disagree. Nothing here matches names fuzzily.
 """
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -20,6 +21,8 @@ from torch import Tensor, nn
 
 from ..layers import FrozenSwitchNorm2d, SwitchNorm2d
 from ..modeling.resnet_v2 import ResNetV2
+
+logger = logging.getLogger(__name__)
 
 # key of the conversion metadata in converted checkpoints (a dict of plain values)
 SN_IMAGENET_KEY = "sn_imagenet"
@@ -533,6 +536,14 @@ def _settings_problems(info: SNImageNetInfo, layout: BackboneLayout, model: nn.M
         problems.append(
             "the checkpoint strides in the 3x3 conv: set MODEL.RESNETS.STRIDE_IN_1X1 to False"
         )
+    return problems
+
+
+def input_convention_warnings(model: nn.Module) -> List[str]:
+    """How the model's input convention differs from the one the ImageNet SN weights were trained
+    with (RGB, ImageNet mean/std). Not an error: the weights load, but start from a shifted input.
+    """
+    problems = []
     input_format = getattr(model, "input_format", None)
     if input_format is not None and input_format != "RGB":
         problems.append(
@@ -574,6 +585,8 @@ def fit_to_model(
     state = {layout.prefix + k[len(src_prefix) :]: v for k, v in state.items()}
     want = {layout.prefix + k: v for k, v in layout.resnet.state_dict().items()}
     problems = _settings_problems(info, layout, model)
+    for warning in input_convention_warnings(model):
+        logger.warning(f"{source}: {warning}")
     missing = set(want) - set(state)
     if missing and not problems:
         problems.append("the checkpoint lacks tensors the backbone needs")
