@@ -20,13 +20,14 @@ import os
 import statistics
 import tempfile
 import time
-from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+
+from sn_detection.utils.collectives import count_collectives
 
 # (name, N, C, H, W) per process
 FULL_SHAPES = [
@@ -47,38 +48,8 @@ QUICK_SHAPES = [
     ("tiny RoIs", 8, 32, 7, 7),
 ]
 COLLECTIVES_ONLY = "gloo all_gather + all_reduce of 2C+1 floats alone"
-COLLECTIVES = (
-    "all_reduce",
-    "all_gather",
-    "all_gather_into_tensor",
-    "all_gather_single",
-    "reduce_scatter",
-    "reduce_scatter_tensor",
-    "broadcast",
-    "all_to_all",
-)
 
 
-@contextmanager
-def count_collectives() -> Iterator[Dict[str, int]]:
-    """Count the calls of torch.distributed's collectives made inside the block."""
-    counts: Dict[str, int] = {}
-    originals = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}
-
-    def counting(name: str, original: Callable) -> Callable:
-        def wrapper(*args, **kwargs):
-            counts[name] = counts.get(name, 0) + 1
-            return original(*args, **kwargs)
-
-        return wrapper
-
-    for name, original in originals.items():
-        setattr(dist, name, counting(name, original))
-    try:
-        yield counts
-    finally:
-        for name, original in originals.items():
-            setattr(dist, name, original)
 
 
 def _torch_sync_bn_error() -> Optional[str]:

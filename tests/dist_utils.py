@@ -3,25 +3,11 @@
 import os
 import tempfile
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, List
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-# the collectives a layer could call through torch.distributed's Python API
-COLLECTIVES = (
-    "all_reduce",
-    "all_gather",
-    "all_gather_into_tensor",
-    "all_gather_object",
-    "reduce_scatter",
-    "reduce_scatter_tensor",
-    "broadcast",
-    "all_to_all",
-    "barrier",
-)
 
 
 def _worker(rank: int, world_size: int, tmp: str, fn: Callable, args: tuple) -> None:
@@ -66,23 +52,3 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
         return [torch.load(os.path.join(tmp, f"result{r}.pt")) for r in range(world_size)]
 
 
-@contextmanager
-def count_collectives() -> Iterator[Dict[str, int]]:
-    """Count the calls of torch.distributed's collectives (by name) made inside the block."""
-    counts: Dict[str, int] = {}
-    originals = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}
-
-    def counting(name: str, original: Callable) -> Callable:
-        def wrapper(*args, **kwargs):
-            counts[name] = counts.get(name, 0) + 1
-            return original(*args, **kwargs)
-
-        return wrapper
-
-    for name, original in originals.items():
-        setattr(dist, name, counting(name, original))
-    try:
-        yield counts
-    finally:
-        for name, original in originals.items():
-            setattr(dist, name, original)
