@@ -7,8 +7,9 @@ For each (N, C, H, W) shape, all layers are measured side by side in one run, in
 on a leaf input that requires grad, with one fixed random output gradient:
 
 - time: median over ``--repeats`` of forward and of forward+backward, after ``--warmup`` untimed
-  rounds; also the best (minimum) forward+backward, less sensitive to other processes. Every repeat runs each layer once in turn (round robin), so drifting machine load hits
-  all layers alike. On CUDA the device is synchronised around each measurement.
+  rounds; also the best (minimum) forward+backward, less sensitive to other processes. Every
+  repeat runs each layer once in turn (round robin), so drifting machine load hits all alike.
+  On CUDA the device is synchronised around each measurement.
 - saved: the bytes autograd keeps for backward, seen through
   ``torch.autograd.graph.saved_tensors_hooks``: the sum of ``nbytes`` of the unique storages of
   the tensors packed during forward ("total"), and the same without the input's own storage
@@ -62,10 +63,9 @@ class ReferenceSN(nn.Module):
         self.register_buffer("running_var", torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return switch_norm_reference(
-            x, self.weight, self.bias, self.mean_weight, self.var_weight,
-            self.running_mean, self.running_var, training=self.training,
-        )  # fmt: skip
+        params = (self.weight, self.bias, self.mean_weight, self.var_weight)
+        stats = (self.running_mean, self.running_var)
+        return switch_norm_reference(x, *params, *stats, training=self.training)
 
 
 def _sn(channels: int, fast: bool) -> nn.Module:
@@ -183,10 +183,8 @@ def measure(
         total = statistics.median(t[1] for t in times[name])
         best = min(t[1] for t in times[name])
         saved, beyond = case.saved_bytes()
-        rows.append(
-            dict(layer=name, forward=forward, total=total, best=best, saved=saved, beyond=beyond,
-                 peak=case.peak_bytes())
-        )  # fmt: skip
+        row = dict(layer=name, forward=forward, total=total, best=best)
+        rows.append(dict(row, saved=saved, beyond=beyond, peak=case.peak_bytes()))
     base = next(r for r in rows if r["layer"] == BASELINE)
     for row in rows:
         row["ratio"] = row["total"] / base["total"]
@@ -198,13 +196,14 @@ def _table(results: List[Tuple[str, List[dict]]]) -> str:
     lines = []
     for shape, rows in results:
         for r in rows:
+            times = [r["forward"] * 1e3, r["total"] * 1e3, r["ratio"], r["best"] * 1e3]
+            sizes = [r["saved"] / MB, r["beyond"] / MB, r["peak"] / MB]
             lines.append(
-                [shape, r["layer"], f"{r['forward'] * 1e3:.2f}", f"{r['total'] * 1e3:.2f}",
-                 f"{r['ratio']:.2f}", f"{r['best'] * 1e3:.2f}", f"{r['best_ratio']:.2f}", f"{r['saved'] / MB:.1f}", f"{r['beyond'] / MB:.1f}",
-                 f"{r['peak'] / MB:.1f}"]
-            )  # fmt: skip
-    headers = ["shape", "layer", "fwd ms", "fwd+bwd ms", "vs GN", "best fwd+bwd ms", "best vs GN",
-               "saved MB", "beyond input MB", "peak MB"]  # fmt: skip
+                [shape, r["layer"], *(f"{t:.2f}" for t in times), f"{r['best_ratio']:.2f}"]
+                + [f"{m:.1f}" for m in sizes]
+            )
+    headers = ["shape", "layer", "fwd ms", "fwd+bwd ms", "vs GN", "best fwd+bwd ms", "best vs GN"]
+    headers += ["saved MB", "beyond input MB", "peak MB"]
     return tabulate(lines, headers, tablefmt="github", disable_numparse=True)
 
 
@@ -224,24 +223,31 @@ def _configs(device: str) -> List[Tuple[str, torch.device, torch.dtype, Optional
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                        help="all: CPU, and CUDA when available")  # fmt: skip
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda", "all"], default="all", help="all: CPU, and CUDA if any"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds (default 2)")
-    parser.add_argument("--shape", type=int, nargs=4, action="append", metavar=("N", "C", "H", "W"),
-                        help="an input shape (repeatable); default: Mask R-CNN-sized shapes")  # fmt: skip
+    shape_help = "an input shape (repeatable); default: the Mask R-CNN-sized SHAPES"
+    parser.add_argument(
+        "--shape", type=int, nargs=4, action="append", metavar=("N", "C", "H", "W"), help=shape_help
+    )
     args = parser.parse_args(argv)
     shapes = args.shape or (QUICK_SHAPES if args.quick else SHAPES)
     repeats = args.repeats or (3 if args.quick else 10)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
 
     torch.set_num_threads(args.threads)
-    probe = torch.zeros(1, 1, 1, 1)
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.2f}, SN CPU kernels: {select_kernels(probe).name}")  # fmt: skip
-    print(f"median (and best) of {repeats} repeats after {warmup} warm-up; "
-          "vs GN = fwd+bwd time / GroupNorm(32)'s")  # fmt: skip
+    cpu_kernels = select_kernels(torch.zeros(1, 1, 1, 1)).name
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()[0]:.2f}, SN CPU kernels: {cpu_kernels}"
+    )
+    print(
+        f"median (and best) of {repeats} repeats after {warmup} warm-up; "
+        "vs GN = fwd+bwd time / GroupNorm(32)'s"
+    )
     for label, device, dtype, autocast in _configs(args.device):
         results = []
         for shape in shapes:
@@ -251,10 +257,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"\n## {label} (SN ours: {kernels} kernels)\n")
         print(_table(results))
         ours = [next(r for r in rows if r["layer"] == "SN ours") for _, rows in results]
+        print()
         for key, what in (("ratio", "median"), ("best_ratio", "best")):
             ratios = [r[key] for r in ours]
-            print(f"SN ours / GroupNorm(32), fwd+bwd, {what}: "
-                  f"{', '.join(f'{r:.2f}' for r in ratios)}; worst {max(ratios):.2f} (target <= 1.25)")  # fmt: skip
+            listed = ", ".join(f"{r:.2f}" for r in ratios)
+            print(
+                f"SN ours / GroupNorm(32), fwd+bwd, {what}: {listed}; "
+                f"worst {max(ratios):.2f} (target <= 1.25)"
+            )
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
 
 
