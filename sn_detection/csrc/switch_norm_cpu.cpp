@@ -3,17 +3,19 @@
 // Each kernel makes one pass over contiguous (N, C, H, W) float32/float64 tensors, in parallel
 // over the N*C planes with at::parallel_for (torch's intra-op thread pool, so it follows
 // torch.set_num_threads). Per-plane scalars (scale, shift, ...) are (N, C) tensors in the input's
-// dtype. Reductions accumulate in the input's dtype within chunks of kChunk elements, spread
-// over kLanes independent accumulators (which the compiler keeps in vector registers), and add
-// the chunk sums in double. The moments are taken about the plane's first element, so that a
-// mean much larger than the spread (x = 1000 + N(0, 1)) does not cancel.
+// dtype. Reductions accumulate in the input's dtype within chunks of kChunk elements, in four
+// independent 16-byte SIMD accumulators per sum (GCC/Clang vector extensions: SSE2, so the build
+// needs no -march flag), and add the chunk sums in double. The moments are taken about the
+// plane's first element, so that a mean much larger than the spread (x = 1000 + N(0, 1)) does not
+// cancel.
 //
 // Semantics: sn_detection/layers/switch_norm_function.py (SNKernels).
 
-#include <ATen/Parallel.h>
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/python.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
