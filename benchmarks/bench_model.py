@@ -75,7 +75,10 @@ def run_one(norm: str, args) -> dict:
     cfg = get_cfg()
     add_sn_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs/COCO-InstanceSegmentation", CONFIGS[norm]))
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device])
+    # random weights: a small learning rate keeps them from diverging in the few timed steps
+    cfg.merge_from_list(
+        ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, "SOLVER.BASE_LR", "0.0001"]
+    )
     torch.manual_seed(0)
     model = build_model(cfg).train()
     optimizer = build_sn_optimizer(cfg, model)
@@ -128,8 +131,10 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", norm, "--device", args.device,
                "--iters", str(args.iters), "--warmup", str(args.warmup),
                "--threads", str(args.threads), "--size", *map(str, args.size)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{norm} failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"  measured {norm}", file=sys.stderr, flush=True)
 
     ref = next((r for r in results if r["norm"] == "GN"), results[0])

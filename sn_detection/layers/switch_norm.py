@@ -1,6 +1,6 @@
 """Switchable Normalization (Luo et al., ICLR 2019) for 4-D feature maps."""
 import functools
-from typing import Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +10,7 @@ from .switch_norm_function import switch_norm
 BRANCHES = ("IN", "LN", "BN")
 
 # a callable (mean_in, second_moment_in) -> (mean_bn, var_bn, count), or running (mean, var)
-BatchNormSource = Union[callable, Tuple[Tensor, Tensor]]
+BatchNormSource = Union[Callable[[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]], Tuple[Tensor, Tensor]]
 
 
 def mix_statistics(
