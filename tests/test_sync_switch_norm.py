@@ -217,9 +217,9 @@ def test_one_collective_per_layer_in_forward_and_in_backward(two_process):
     for counts in two_process("count"):
         first, second = counts
         # first forward: the one-time channel check (an all_gather) plus the statistics reduction
-        assert first["forward"] == {"all_gather": 2 * num_layers}
+        assert first["forward"] == {"all_gather": num_layers, "all_reduce": num_layers}
         assert first["backward"] == {"all_reduce": num_layers}
-        assert second["forward"] == {"all_gather": num_layers}
+        assert second["forward"] == {"all_reduce": num_layers}
         assert second["backward"] == {"all_reduce": num_layers}
 
 

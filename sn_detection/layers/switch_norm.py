@@ -1,65 +1,12 @@
 """Switchable Normalization (Luo et al., ICLR 2019) for 4-D feature maps."""
-import functools
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Dict
 
 import torch
 from torch import Tensor, nn
 
-from .switch_norm_function import switch_norm
+from .switch_norm_function import LOCAL_BATCH, BatchNormSource, switch_norm
 
 BRANCHES = ("IN", "LN", "BN")
-
-# a callable (mean_in, second_moment_in) -> (mean_bn, var_bn, count), or running (mean, var)
-BatchNormSource = Union[Callable[[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]], Tuple[Tensor, Tensor]]
-
-
-def mix_statistics(
-    mean_in: Tensor,
-    var_in: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    mean_logits: Tensor,
-    var_logits: Tensor,
-    *,
-    eps: float,
-    bn: Optional[BatchNormSource],
-) -> Tuple[Tensor, Tensor, Optional[Tuple[Tensor, Tensor, Tensor]]]:
-    """Fold SN's statistics mixture and affine transform into per-(n, c) ``scale`` and ``shift``.
-
-    ``mean_in``/``var_in`` are the per-(n, c) mean and unbiased variance. LN statistics are their
-    average over channels, BN statistics come from ``bn`` (a batch reducer in training, the running
-    statistics in eval, ``None`` without the BN branch). Variances that cancel below zero in
-    E[x^2] - E[x]^2 are clamped at 0. Returns (scale, shift, batch statistics or None), with
-    ``y = x * scale + shift``.
-    """
-    dtype = mean_in.dtype
-    second_moment = var_in + mean_in * mean_in
-    mean_ln = mean_in.mean(dim=1, keepdim=True)
-    var_ln = (second_moment.mean(dim=1, keepdim=True) - mean_ln * mean_ln).clamp(min=0)
-    mean_w = torch.softmax(mean_logits.to(dtype), dim=0)
-    var_w = torch.softmax(var_logits.to(dtype), dim=0)
-    mean = mean_w[0] * mean_in + mean_w[1] * mean_ln
-    var = var_w[0] * var_in + var_w[1] * var_ln
-    batch_stats = None
-    if bn is not None:
-        if callable(bn):
-            mean_bn, var_bn, count = bn(mean_in, second_moment)
-            batch_stats = (mean_bn, var_bn, count)
-        else:
-            mean_bn, var_bn = (s.to(dtype) for s in bn)
-        mean = mean + mean_w[2] * mean_bn
-        var = var + var_w[2] * var_bn
-    scale = weight.to(dtype) * torch.rsqrt(var + eps)
-    shift = bias.to(dtype) - mean * scale
-    return scale, shift, batch_stats
-
-
-def local_batch_moments(mean_in: Tensor, second_moment: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """BN-branch statistics of one process's batch: (mean (C,), variance (C,), sample count)."""
-    count = mean_in.new_tensor(float(mean_in.shape[0]))
-    mean_bn = mean_in.mean(dim=0)
-    var_bn = (second_moment.mean(dim=0) - mean_bn * mean_bn).clamp(min=0)
-    return mean_bn, var_bn, count
 
 
 def _empty_output(x: Tensor, module: nn.Module) -> Tensor:
@@ -162,9 +109,10 @@ class SwitchNorm2d(nn.Module):
         nn.init.ones_(self.mean_weight)
         nn.init.ones_(self.var_weight)
 
-    def _batch_moments(self, mean_in: Tensor, second_moment: Tensor):
-        """BN-branch statistics in training; SyncSwitchNorm2d reduces them across processes."""
-        return local_batch_moments(mean_in, second_moment)
+    def _batch_statistics_source(self) -> BatchNormSource:
+        """Where the BN branch gets its statistics in training (``switch_norm``'s ``bn``): this
+        process's batch; SyncSwitchNorm2d returns a sum over all processes."""
+        return LOCAL_BATCH
 
     def _has_local_work(self, x: Tensor) -> bool:
         """Whether forward must run the full computation (an empty batch can skip it)."""
@@ -176,10 +124,14 @@ class SwitchNorm2d(nn.Module):
             return _empty_output(x, self)
         bn = None
         if self.using_bn:
-            bn = self._batch_moments if self.training else (self.running_mean, self.running_var)
-        mixer = functools.partial(mix_statistics, eps=self.eps, bn=bn)
+            bn = (
+                self._batch_statistics_source()
+                if self.training
+                else (self.running_mean, self.running_var)
+            )
         y, batch_stats = switch_norm(
-            x, self.weight, self.bias, self.mean_weight, self.var_weight, mixer, self.use_fast_kernels
+            x, self.weight, self.bias, self.mean_weight, self.var_weight,
+            eps=self.eps, bn=bn, use_fast_kernels=self.use_fast_kernels,
         )
         if batch_stats is not None:
             self._update_running_stats(*batch_stats)
@@ -249,10 +201,9 @@ class FrozenSwitchNorm2d(nn.Module):
         if x.shape[0] == 0:
             return _empty_output(x, self)
         bn = (self.running_mean, self.running_var) if self.using_bn else None
-        mixer = functools.partial(mix_statistics, eps=self.eps, bn=bn)
         y, _ = switch_norm(
-            x, self.weight, self.bias, self.mean_weight, self.var_weight, mixer,
-            SwitchNorm2d.use_fast_kernels,
+            x, self.weight, self.bias, self.mean_weight, self.var_weight,
+            eps=self.eps, bn=bn, use_fast_kernels=SwitchNorm2d.use_fast_kernels,
         )
         return y
 

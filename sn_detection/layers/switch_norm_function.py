@@ -5,31 +5,37 @@ moments is arithmetic on (N, C)-sized tensors:
 
 forward
     1. one pass over x: per-(n, c) mean and unbiased variance (``kernels.moments``);
-    2. (N, C)-sized "mixer": IN/LN/BN statistics, their softmax-weighted mixture and the affine
-       parameters, folded into a per-(n, c) ``scale`` and ``shift``;
+    2. the (N, C)-sized mixer (``mixer.mix_forward``): IN/LN/BN statistics, their
+       softmax-weighted mixture and the affine parameters, folded into a per-(n, c) ``scale`` and
+       ``shift``; SyncSN all-reduces the BN branch's sums here;
     3. one pass: ``y = x * scale + shift`` (``kernels.apply``).
 backward
     1. one reduction pass over (dy, x): ``sum(dy * x)`` and ``sum(dy)`` per (n, c)
-       (``kernels.backward_reduce``); these are the gradients of ``scale`` and ``shift`` up to
-       the (N, C)-sized chain rule, which autograd runs on the small mixer graph;
-    2. one elementwise pass: ``dx = dy * scale + x * c1 + c0`` (``kernels.backward_apply``), where
+       (``kernels.backward_reduce``), the gradients of ``scale`` and ``shift``;
+    2. the mixer's hand-derived backward (``mixer.mix_backward``), giving the gradients of the
+       parameters and of the per-(n, c) mean and variance; SyncSN all-reduces the gradients of the
+       BN branch's sums here;
+    3. one elementwise pass: ``dx = dy * scale + x * c1 + c0`` (``kernels.backward_apply``), where
        c1, c0 carry the gradients of the per-(n, c) mean and variance.
 
-Only x and (N, C)-sized tensors are kept for backward. The mixer is ordinary differentiable
-PyTorch code run under autograd, so the synchronized variant can put a differentiable all-reduce
-into it and get the backward all-reduce for free. Double backward is not supported.
+Only x and (N, C)-sized tensors are kept for backward; the whole layer is one autograd node.
+Double backward is not supported.
 
 The full-size passes are ``SNKernels`` objects: ``PLAIN_KERNELS`` (PyTorch ops, any device and
 dtype) always works; faster kernels can be registered for a device with ``register_kernels``.
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-# (mean_in, var_in, weight, bias, mean_logits, var_logits) -> (scale, shift, batch_stats)
-Mixer = Callable[..., Tuple[Tensor, Tensor, Optional[Tuple[Tensor, ...]]]]
+from .mixer import MixerSaved, compiled_mix_backward, compiled_mix_forward
+
+# Where the BN branch takes its statistics from (``switch_norm``'s ``bn``)
+LOCAL_BATCH = "local batch"
+AllReduceSum = Callable[[Tensor], Tensor]
+BatchNormSource = Union[None, str, Tuple[Tensor, Tensor], AllReduceSum]
 
 
 def stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -108,6 +114,11 @@ def register_kernels(device_type: str, kernels: SNKernels) -> None:
     _FAST_KERNELS.setdefault(device_type, []).insert(0, kernels)
 
 
+def unregister_kernels(device_type: str, kernels: SNKernels) -> None:
+    """Undo ``register_kernels(device_type, kernels)``."""
+    _FAST_KERNELS[device_type].remove(kernels)
+
+
 def select_kernels(x: Tensor, use_fast: bool = True) -> SNKernels:
     """The kernels used for ``x``: the first registered fast one that supports it, else plain."""
     if use_fast:
@@ -117,55 +128,97 @@ def select_kernels(x: Tensor, use_fast: bool = True) -> SNKernels:
     return PLAIN_KERNELS
 
 
+def _batch_sums_statistics(sums: Tensor, channels: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """(mean, variance before clamping, sample count) of the BN branch from the vector
+    [sum over samples of mean_in (C), of the second moments (C), sample count]."""
+    total = sums[2 * channels]
+    mean = sums[:channels] / total.clamp(min=1)
+    return mean, sums[channels : 2 * channels] / total.clamp(min=1) - mean * mean, total
+
+
+class _Forward:
+    """The forward computation; keeps what backward needs as attributes."""
+
+    def __init__(self, x, weight, bias, mean_logits, var_logits, eps, bn, kernels):
+        self.kernels = kernels
+        self.all_reduce = None
+        mean_in, var_in = kernels.moments(x)
+        local_bn = bn is LOCAL_BATCH
+        mean_bn = var_bn = count = None
+        if callable(bn):
+            # synchronized: the BN statistics of every process's samples together
+            self.all_reduce = bn
+            c = mean_in.shape[1]
+            sums = torch.cat(
+                [
+                    mean_in.sum(dim=0),
+                    (var_in + mean_in * mean_in).sum(dim=0),
+                    mean_in.new_full((1,), float(mean_in.shape[0])),
+                ]
+            )
+            mean_bn, var_bn, count = _batch_sums_statistics(bn(sums), c)
+            self.count = count
+        elif bn is not None and not local_bn:
+            mean_bn, var_bn = bn  # running statistics
+        self.local_bn = local_bn
+        scale, shift, mean_bn, var_bn, self.saved = compiled_mix_forward(
+            mean_in, var_in, weight, bias, mean_logits, var_logits, mean_bn, var_bn, eps, local_bn
+        )
+        self.batch_stats = None
+        if local_bn:
+            self.batch_stats = (mean_bn, var_bn, mean_in.new_tensor(float(mean_in.shape[0])))
+        elif count is not None:
+            self.batch_stats = (mean_bn, var_bn, count)
+        self.y = kernels.apply(x, scale, shift)
+
+
 class _SwitchNormFunction(torch.autograd.Function):
-    """y = x * scale + shift, where (scale, shift) = mixer(moments(x), params)."""
+    """y = x * scale + shift, where (scale, shift) = mix_forward(moments(x), params)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean_logits, var_logits, mixer, kernels, stats_out):
-        mean_in, var_in = kernels.moments(x)
-        params = (weight, bias, mean_logits, var_logits)
-        with torch.enable_grad():
-            # leaves of the small (N, C)-sized graph that backward differentiates
-            leaves = [mean_in.requires_grad_(), var_in.requires_grad_()]
-            for p, needs_grad in zip(params, ctx.needs_input_grad[1:5]):
-                leaves.append(p.detach().requires_grad_(needs_grad))
-            scale, shift, batch_stats = mixer(*leaves)
-        stats_out.append(batch_stats)
-        ctx.save_for_backward(x)
-        ctx.graph = (scale, shift, leaves)
-        ctx.kernels = kernels
-        return kernels.apply(x, scale.detach(), shift.detach())
+    def forward(ctx, x, weight, bias, mean_logits, var_logits, eps, bn, kernels, stats_out):
+        fwd = _Forward(x, weight, bias, mean_logits, var_logits, eps, bn, kernels)
+        stats_out.append(fwd.batch_stats)
+        ctx.save_for_backward(x, *fwd.saved)
+        ctx.kernels, ctx.local_bn, ctx.all_reduce = kernels, fwd.local_bn, fwd.all_reduce
+        ctx.count = getattr(fwd, "count", None)
+        ctx.param_dtypes = (weight.dtype, bias.dtype, mean_logits.dtype, var_logits.dtype)
+        return fwd.y
 
     @staticmethod
     def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
-        scale, shift, leaves = ctx.graph
+        x, *saved = ctx.saved_tensors
+        saved = MixerSaved(*saved)
         kernels = ctx.kernels
         if x.is_contiguous() and not dy.is_contiguous():
             dy = dy.contiguous()  # kernels chosen for a contiguous x may assume the same of dy
         sum_dy_x, sum_dy = kernels.backward_reduce(dy, x)
-        wanted = [leaf for leaf in leaves if leaf.requires_grad]
-        with torch.enable_grad():
-            grads = torch.autograd.grad(
-                (scale, shift), wanted, (sum_dy_x, sum_dy), allow_unused=True,
-                retain_graph=True,  # the small graph lives as long as ctx: backward may run again
+        grads = compiled_mix_backward(sum_dy_x, sum_dy, saved, ctx.local_bn)
+        grad_mean, grad_var, *param_grads, grad_mean_bn, grad_var_bn = grads
+        param_grads = [g.to(dtype) for g, dtype in zip(param_grads, ctx.param_dtypes)]
+        mean_in = saved.m
+        if ctx.all_reduce is not None:
+            # gradients of every process's loss with respect to the sums behind the BN statistics
+            mean_bn = saved.mean_bn
+            t = ctx.count.clamp(min=1)
+            grad_sums = ctx.all_reduce(
+                torch.cat([(grad_mean_bn - 2.0 * mean_bn * grad_var_bn) / t, grad_var_bn / t])
             )
-        grads = iter(grads)
-        grads = [next(grads) if leaf.requires_grad else None for leaf in leaves]
-        grad_mean, grad_var = grads[0], grads[1]
+            c = mean_in.shape[1]
+            grad_sum_mean, grad_sum_second = grad_sums[:c], grad_sums[c:]
+            grad_mean = grad_mean + grad_sum_mean + 2.0 * mean_in * grad_sum_second
+            grad_var = grad_var + grad_sum_second
 
         dx = None
         if ctx.needs_input_grad[0]:
             hw = x.shape[2] * x.shape[3]
-            mean_in = leaves[0].detach()
-            zeros = torch.zeros_like(mean_in)
-            grad_mean = zeros if grad_mean is None else grad_mean
-            grad_var = zeros if grad_var is None else grad_var
             # d var / d x = 2 (x - mean) / (hw - 1);  d mean / d x = 1 / hw
-            c1 = grad_var * (2.0 / max(hw - 1, 1)) if hw > 1 else zeros
+            c1 = grad_var * (2.0 / (hw - 1)) if hw > 1 else torch.zeros_like(mean_in)
             c0 = grad_mean / hw - c1 * mean_in
-            dx = kernels.backward_apply(dy, x, scale.detach(), c1, c0)
-        return (dx, *grads[2:], None, None, None)
+            scale = saved.weight.to(mean_in.dtype) * saved.rstd
+            dx = kernels.backward_apply(dy, x, scale, c1, c0)
+        param_grads = [g if need else None for g, need in zip(param_grads, ctx.needs_input_grad[1:5])]
+        return (dx, *param_grads, None, None, None, None)
 
 
 def switch_norm(
@@ -174,30 +227,35 @@ def switch_norm(
     bias: Tensor,
     mean_logits: Tensor,
     var_logits: Tensor,
-    mixer: Mixer,
+    *,
+    eps: float,
+    bn: BatchNormSource,
     use_fast_kernels: bool = True,
-) -> Tuple[Tensor, Optional[Tuple[Tensor, ...]]]:
-    """Apply SN to a 4-D ``x`` with the statistics mixture computed by ``mixer``.
+    kernels: Optional[SNKernels] = None,
+) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor, Tensor]]]:
+    """Apply SN to a 4-D ``x``.
 
-    Returns the output (x's dtype) and whatever (detached) batch statistics ``mixer`` returned,
-    for the caller's running-statistics update. Autocast is disabled inside: statistics are
-    float32 (float64 for float64 inputs).
+    ``bn`` says where the BN branch takes its statistics from: None (no BN branch),
+    ``LOCAL_BATCH`` (this process's batch), a tuple (mean, var) (the running statistics), or a
+    function that sums a 1-D tensor over all processes and returns the sum (SyncSN; it is
+    called once in forward and once in backward). ``kernels`` overrides the kernel choice.
+
+    Returns the output (x's dtype) and the batch's BN statistics (mean, variance, sample count,
+    detached) for the running-statistics update, or None when the BN branch did not use the
+    batch. Autocast is disabled inside: statistics are float32 (float64 for float64 inputs).
     """
-    kernels = select_kernels(x, use_fast_kernels)
+    if kernels is None:
+        kernels = select_kernels(x, use_fast_kernels)
     with torch.autocast(x.device.type, enabled=False):
         needs_graph = torch.is_grad_enabled() and any(
             t.requires_grad for t in (x, weight, bias, mean_logits, var_logits)
         )
         if not needs_graph:
             # inference: no graph to build, same arithmetic
-            mean_in, var_in = kernels.moments(x)
-            scale, shift, batch_stats = mixer(mean_in, var_in, weight, bias, mean_logits, var_logits)
-            return kernels.apply(x, scale, shift), batch_stats
+            fwd = _Forward(x, weight, bias, mean_logits, var_logits, eps, bn, kernels)
+            return fwd.y, fwd.batch_stats
         stats_out: list = []
         y = _SwitchNormFunction.apply(
-            x, weight, bias, mean_logits, var_logits, mixer, kernels, stats_out
+            x, weight, bias, mean_logits, var_logits, eps, bn, kernels, stats_out
         )
-        batch_stats = stats_out[0]
-        if batch_stats is not None:
-            batch_stats = tuple(s.detach() for s in batch_stats)
-        return y, batch_stats
+        return y, stats_out[0]

@@ -1,13 +1,11 @@
 """Switchable Normalization with BN-branch statistics synchronized across processes."""
 
-from typing import Tuple
-
 import torch
 import torch.distributed as dist
-from fvcore.nn.distributed import differentiable_all_reduce
 from torch import Tensor
 
 from .switch_norm import SwitchNorm2d
+from .switch_norm_function import BatchNormSource
 
 
 def _world_size() -> int:
@@ -21,10 +19,10 @@ class SyncSwitchNorm2d(SwitchNorm2d):
 
     In training with an initialised default process group of more than one process, the BN-branch
     mean and variance are those of the union of all processes' samples: each forward makes one
-    differentiable all-reduce of (sum over samples of the per-sample means, sum of the per-sample
-    second moments, sample count), so each process's statistics are weighted by its sample count
-    (a process with an empty batch contributes nothing but still takes part), and backward makes
-    one all-reduce of the gradients, reaching every process's input and the mixture logits. IN and
+    all-reduce of (sum over samples of the per-sample means, sum of the per-sample second moments,
+    sample count), so each process's statistics are weighted by its sample count (a process with
+    an empty batch contributes nothing but still takes part), and backward makes one all-reduce of
+    the gradients of those sums, reaching every process's input and the mixture logits. IN and
     LN statistics stay per sample. Running statistics are updated from the synchronized statistics,
     so they stay identical on every process.
 
@@ -75,18 +73,15 @@ class SyncSwitchNorm2d(SwitchNorm2d):
             )
         self._shape_checked = True
 
-    def _batch_moments(
-        self, mean_in: Tensor, second_moment: Tensor
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        if not self._synchronizes():
-            return super()._batch_moments(mean_in, second_moment)
+    def _batch_statistics_source(self) -> BatchNormSource:
+        if self._synchronizes():
+            return self._all_reduce_sum
+        return super()._batch_statistics_source()
+
+    def _all_reduce_sum(self, t: Tensor) -> Tensor:
+        """Sum ``t`` over all processes (in place); ``switch_norm`` calls this once in forward,
+        with the sums behind the BN statistics, and once in backward, with their gradients."""
         if not self._shape_checked:
-            self._check_across_processes(mean_in)
-        c = self.num_features
-        count = mean_in.new_full((1,), float(mean_in.shape[0]))
-        vec = torch.cat([mean_in.sum(dim=0), second_moment.sum(dim=0), count])
-        vec = differentiable_all_reduce(vec)
-        total = vec[2 * c]
-        mean_bn = vec[:c] / total.clamp(min=1)
-        var_bn = (vec[c : 2 * c] / total.clamp(min=1) - mean_bn * mean_bn).clamp(min=0)
-        return mean_bn, var_bn, total.detach()
+            self._check_across_processes(t)
+        dist.all_reduce(t)
+        return t
