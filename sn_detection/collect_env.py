@@ -27,6 +27,7 @@ def collect_env_info() -> str:
     import torch
 
     from sn_detection.layers import fast_kernels_status
+    from sn_detection.layers.mixer import COMPILE_ENV, compile_mode
 
     rows = [
         ("Python", sys.version.split()[0]),
@@ -39,7 +40,10 @@ def collect_env_info() -> str:
         ("torchvision", _version("torchvision")),
         ("CUDA available", f"{torch.cuda.is_available()} (build {torch.version.cuda})"),
         ("CPU threads", str(torch.get_num_threads())),
-        ("SN CPU kernels", fast_kernels_status()),
+        ("SN CPU kernels", fast_kernels_status("cpu")),
+        ("SN CUDA kernels", fast_kernels_status("cuda") if torch.cuda.is_available() else "-"),
+        ("SN mixer compile", f"{COMPILE_ENV}={compile_mode()}"),
+        ("triton", _version("triton")),
         ("fvcore", _version("fvcore")),
         ("iopath", _version("iopath")),
         ("pycocotools", _version("pycocotools")),

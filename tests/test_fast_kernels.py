@@ -4,13 +4,13 @@ import copy
 
 import pytest
 import torch
+from sn_layer_checks import forward_backward, random_sn, reference_step
 
 pytest.importorskip("sn_detection._C", reason="the C++ kernels are not built (run `make setup`)")
 
-from sn_detection.layers import SwitchNorm2d, select_kernels  # noqa: E402
+from sn_detection.layers import select_kernels  # noqa: E402
 from sn_detection.layers.cpu_kernels import CPU_KERNELS  # noqa: E402
 from sn_detection.layers.switch_norm_function import PLAIN_KERNELS  # noqa: E402
-from sn_detection.layers.switch_norm_reference import switch_norm_reference  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64]
 # (N, C, H, W): odd sizes (vector tails), H*W = 1, an empty batch, small and multi-chunk planes
@@ -124,51 +124,16 @@ def test_kernels_follow_torch_thread_count():
         assert torch.equal(a, b)
 
 
-def _random_sn(channels, using_bn, dtype, seed=0):
-    torch.manual_seed(seed)
-    m = SwitchNorm2d(channels, using_bn=using_bn, momentum=0.1).to(dtype)
-    with torch.no_grad():
-        for p in (m.weight, m.bias, m.mean_weight, m.var_weight):
-            p.normal_()
-        if using_bn:
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-    return m
-
-
-def _forward_backward(m, x, dy, fast):
-    """Output, gradients (x and parameters) and running statistics of one step of ``m``."""
-    m.use_fast_kernels = fast
-    x = x.detach().clone().requires_grad_()
-    y = m(x)
-    params = [m.weight, m.bias, m.mean_weight, m.var_weight]
-    grads = torch.autograd.grad(y, [x, *params], dy)
-    stats = [m.running_mean.clone(), m.running_var.clone()] if m.using_bn else []
-    return [y.detach(), *grads, *stats]
-
-
-def _reference(m, x, dy, training):
-    x = x.detach().clone().requires_grad_()
-    params = [
-        p.detach().clone().requires_grad_() for p in (m.weight, m.bias, m.mean_weight, m.var_weight)
-    ]
-    rm = m.running_mean.clone() if m.using_bn else None
-    rv = m.running_var.clone() if m.using_bn else None
-    y = switch_norm_reference(x, *params, rm, rv, training=training, momentum=m.momentum, eps=m.eps)
-    grads = torch.autograd.grad(y, [x, *params], dy)
-    return [y.detach(), *grads, *([rm, rv] if m.using_bn else [])]
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("using_bn", [True, False])
 @pytest.mark.parametrize("training", [True, False])
 def test_layer_fast_equals_plain_and_reference(training, using_bn, dtype):
-    m = _random_sn(8, using_bn, dtype).train(training)
+    m = random_sn(8, using_bn, dtype).train(training)
     x = torch.randn(3, 8, 9, 7, dtype=dtype) * 3 + 1
     dy = torch.randn_like(x)
-    fast = _forward_backward(copy.deepcopy(m), x, dy, fast=True)
-    plain = _forward_backward(copy.deepcopy(m), x, dy, fast=False)
-    ref = _reference(copy.deepcopy(m), x, dy, training)
+    fast = forward_backward(copy.deepcopy(m), x, dy, fast=True)
+    plain = forward_backward(copy.deepcopy(m), x, dy, fast=False)
+    ref = reference_step(copy.deepcopy(m), x, dy, training)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     for got, want_plain, want_ref in zip(fast, plain, ref):
         torch.testing.assert_close(got, want_plain, **tol)
@@ -178,12 +143,12 @@ def test_layer_fast_equals_plain_and_reference(training, using_bn, dtype):
 def test_layer_with_large_mean_offset_is_as_accurate_as_plain_kernels():
     # in float32 the mixer's E[x^2] - E[x]^2 loses digits for mean >> std whatever the kernels;
     # the fast kernels must not add error of their own
-    m = _random_sn(4, True, torch.float32)
+    m = random_sn(4, True, torch.float32)
     x = 1000 + torch.randn(2, 4, 16, 16)
     dy = torch.randn_like(x)
-    fast = _forward_backward(copy.deepcopy(m), x, dy, fast=True)
-    plain = _forward_backward(copy.deepcopy(m), x, dy, fast=False)
-    ref = _forward_backward(copy.deepcopy(m).double(), x.double(), dy.double(), fast=False)
+    fast = forward_backward(copy.deepcopy(m), x, dy, fast=True)
+    plain = forward_backward(copy.deepcopy(m), x, dy, fast=False)
+    ref = forward_backward(copy.deepcopy(m).double(), x.double(), dy.double(), fast=False)
     for got, want_plain, want in zip(fast, plain, ref):
         err_fast = (got.double() - want).abs().max()
         err_plain = (want_plain.double() - want).abs().max()
@@ -191,7 +156,7 @@ def test_layer_with_large_mean_offset_is_as_accurate_as_plain_kernels():
 
 
 def test_layer_uses_fast_kernels_for_empty_and_single_pixel_inputs():
-    m = _random_sn(4, True, torch.float32)
+    m = random_sn(4, True, torch.float32)
     for shape in ((0, 4, 5, 5), (2, 4, 1, 1)):
         x = torch.randn(shape, requires_grad=True)
         y = m(x)
@@ -202,7 +167,7 @@ def test_layer_uses_fast_kernels_for_empty_and_single_pixel_inputs():
 @pytest.mark.parametrize("using_bn", [True, False])
 @pytest.mark.parametrize("training", [True, False])
 def test_gradcheck_through_fast_kernels(training, using_bn):
-    m = _random_sn(3, using_bn, torch.float64).train(training)
+    m = random_sn(3, using_bn, torch.float64).train(training)
     assert select_kernels(torch.zeros(1, 3, 2, 2, dtype=torch.float64)) is CPU_KERNELS
     x = torch.randn(2, 3, 4, 3, dtype=torch.float64, requires_grad=True)
     params = (m.weight, m.bias, m.mean_weight, m.var_weight)
