@@ -13,8 +13,8 @@ on a leaf input that requires grad, with one fixed random output gradient:
 - saved: the bytes autograd keeps for backward, seen through
   ``torch.autograd.graph.saved_tensors_hooks``: the sum of ``nbytes`` of the unique storages of
   the tensors packed during forward ("total"), and the same without the input's own storage
-  ("beyond input"). A custom Function's tensors held as ``ctx`` attributes rather than saved
-  with ``save_for_backward`` are not seen; in SN those are only (N, C)-sized.
+  ("beyond input"). SN saves everything it keeps with ``save_for_backward``, so all of it is
+  seen: its input and about ten (N, C)-sized tensors of the mixer.
 - peak: the most memory allocated at any moment of one forward+backward beyond what was allocated
   before it (input, output gradient and parameters are not counted): output, saved tensors,
   temporaries and the input gradient. On CUDA from ``torch.cuda.max_memory_allocated``; on CPU

@@ -118,24 +118,28 @@ from sn_detection.layers import mixer
 warnings.simplefilter("error")  # a fallback to eager would warn: make it fail instead
 torch.manual_seed(0)
 for using_bn in (True, False):
-    layer = SwitchNorm2d(8, using_bn=using_bn).double()
-    with torch.no_grad():
-        layer.mean_weight.copy_(torch.randn(layer.mean_weight.shape))
-        layer.var_weight.copy_(torch.randn(layer.var_weight.shape))
-    for training in (True, False):  # batch statistics; running statistics
-        layer.train(training)
-        for n in (2, 3, 5):  # dynamic shapes: no recompilation per batch size
-            x = torch.randn(n, 8, 4, 5, dtype=torch.float64, requires_grad=True)
-            g = torch.randn_like(x)
-            outs = []
-            for mode in ("1", "0"):  # compiled, eager
-                os.environ[mixer.COMPILE_ENV] = mode
-                y = layer(x)
-                outs.append((y, *torch.autograd.grad(y, (x, *layer.parameters()), g)))
-            for a, b in zip(*outs):
-                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    for channels in (8, 16):  # parameters of other sizes: no recompilation per channel count
+        layer = SwitchNorm2d(channels, using_bn=using_bn).double()
+        with torch.no_grad():
+            layer.mean_weight.copy_(torch.randn(layer.mean_weight.shape))
+            layer.var_weight.copy_(torch.randn(layer.var_weight.shape))
+        for training in (True, False):  # batch statistics; running statistics
+            layer.train(training)
+            for n in (2, 3, 5):  # nor per batch size
+                x = torch.randn(n, channels, 4, 5, dtype=torch.float64, requires_grad=True)
+                g = torch.randn_like(x)
+                outs = []
+                for mode in ("1", "0"):  # compiled, eager
+                    os.environ[mixer.COMPILE_ENV] = mode
+                    y = layer(x)
+                    outs.append((y, *torch.autograd.grad(y, (x, *layer.parameters()), g)))
+                for a, b in zip(*outs):
+                    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 for compiled in (mixer.compiled_mix_forward, mixer.compiled_mix_backward):
     assert compiled.compiled is not None and not compiled.failed
+# one graph per function and BN source (batch, running, none), whatever N and C
+from torch._dynamo.utils import counters
+assert counters["stats"]["unique_graphs"] == 6, dict(counters["stats"])
 print("compiled mixer ok")
 """
 

@@ -9,8 +9,8 @@ from conftest import CONFIGS, REPO
 SMOKE = CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml"
 
 
-def _train_net(*args, timeout=600):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(REPO / "datasets"))
+def _train_net(*args, timeout=600, **env_vars):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(REPO / "datasets"), **env_vars)
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools/train_net.py"), *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
@@ -68,3 +68,17 @@ def test_two_process_syncsn_run_trains_and_reports_coco_ap(tmp_path):
     assert "SyncSwitchNorm2d" in log  # the model printed at start-up uses SyncSN
     assert set(_copypaste_metrics(log)) == {"bbox", "segm"}
     assert (tmp_path / "model_final.pth").is_file()
+
+
+def test_compiled_mixer_trains_and_evaluates_without_falling_back(tmp_path):
+    """The mixer as CUDA runs it, through torch.compile (here inductor's CPU backend), in the whole
+    model: SN in backbone, FPN and both heads, training then evaluation. Varying RoI counts and
+    channel counts must neither fail compilation nor exhaust dynamo's recompilation limit."""
+    log = _train_net(
+        "--config-file", str(SMOKE), "OUTPUT_DIR", str(tmp_path),
+        "MODEL.ROI_BOX_HEAD.NORM", "SN", "MODEL.ROI_MASK_HEAD.NORM", "SN",
+        SN_DETECTION_COMPILE_MIXER="1",
+    )
+    assert "torch.compile of SN's" not in log  # the warning of a fallback to eager
+    assert "recompile_limit" not in log
+    assert set(_copypaste_metrics(log)) == {"bbox", "segm"}

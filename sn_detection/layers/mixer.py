@@ -169,6 +169,9 @@ class _Compiled:
             return self.fn(first, *args)
         if self.compiled is None:
             self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
+        # torch.compile treats parameters' shapes as static, which would specialize the compiled
+        # code to each channel count (and hit the recompilation limit): pass plain tensors
+        args = [a.detach() if isinstance(a, torch.nn.Parameter) else a for a in args]
         try:
             return self.compiled(first, *args)
         except Exception as e:  # noqa: BLE001 - any compiler failure falls back to eager
