@@ -211,6 +211,23 @@ def check_layer_forward_backward_matches_plain_and_reference():
                         torch.testing.assert_close(got, want_ref, rtol=1e-4, atol=1e-4)
 
 
+def check_layer_with_bfloat16_input_matches_plain():
+    # what a convolution under bf16 autocast feeds SN on a GPU: bf16 x and dy, float32 parameters
+    kernels = make_triton_kernels(("cpu",), SMALL)
+    x = (torch.randn(3, 8, 12, 13) * 3 + 1).to(torch.bfloat16)
+    dy = torch.randn_like(x)
+    with _registered_for_cpu(kernels):
+        for training in (True, False):
+            with _case(training=training):
+                m = random_sn(8, True, torch.float32).train(training)
+                fast = forward_backward(copy.deepcopy(m), x, dy, fast=True)
+                plain = forward_backward(copy.deepcopy(m), x, dy, fast=False)
+                assert fast[0].dtype == fast[1].dtype == torch.bfloat16
+                for got, want in zip(fast, plain):
+                    # the same float32 statistics; outputs differ by at most a bf16 rounding
+                    torch.testing.assert_close(got, want, rtol=1.6e-2, atol=1e-2)
+
+
 def check_gradcheck_through_triton_kernels():
     # the default launch (one program per pass at this size): the interpreter is slow, and
     # gradcheck runs the layer hundreds of times

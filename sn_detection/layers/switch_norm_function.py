@@ -140,8 +140,7 @@ class _Forward:
     """The forward computation; keeps what backward needs as attributes."""
 
     def __init__(self, x, weight, bias, mean_logits, var_logits, eps, bn, kernels):
-        self.kernels = kernels
-        self.all_reduce = None
+        self.all_reduce = None  # SyncSN's sum over processes
         mean_in, var_in = kernels.moments(x)
         local_bn = bn is LOCAL_BATCH
         mean_bn = var_bn = count = None
@@ -157,10 +156,9 @@ class _Forward:
                 ]
             )
             mean_bn, var_bn, count = _batch_sums_statistics(bn(sums), c)
-            self.count = count
         elif bn is not None and not local_bn:
             mean_bn, var_bn = bn  # running statistics
-        self.local_bn = local_bn
+        self.local_bn, self.count = local_bn, count
         scale, shift, mean_bn, var_bn, self.saved = compiled_mix_forward(
             mean_in, var_in, weight, bias, mean_logits, var_logits, mean_bn, var_bn, eps, local_bn
         )
@@ -181,7 +179,7 @@ class _SwitchNormFunction(torch.autograd.Function):
         stats_out.append(fwd.batch_stats)
         ctx.save_for_backward(x, *fwd.saved)
         ctx.kernels, ctx.local_bn, ctx.all_reduce = kernels, fwd.local_bn, fwd.all_reduce
-        ctx.count = getattr(fwd, "count", None)
+        ctx.count = fwd.count
         ctx.param_dtypes = (weight.dtype, bias.dtype, mean_logits.dtype, var_logits.dtype)
         return fwd.y
 
@@ -217,7 +215,8 @@ class _SwitchNormFunction(torch.autograd.Function):
             c0 = grad_mean / hw - c1 * mean_in
             scale = saved.weight.to(mean_in.dtype) * saved.rstd
             dx = kernels.backward_apply(dy, x, scale, c1, c0)
-        param_grads = [g if need else None for g, need in zip(param_grads, ctx.needs_input_grad[1:5])]
+        needed = ctx.needs_input_grad[1:5]
+        param_grads = [g if need else None for g, need in zip(param_grads, needed)]
         return (dx, *param_grads, None, None, None, None)
 
 
