@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from sn_detection.layers import mixer
 from sn_detection.layers.mixer import COMPILE_ENV, compile_mode, mix_backward, mix_forward
 
 EPS = 1e-5
@@ -107,6 +108,48 @@ def test_compile_mode_reads_the_environment(monkeypatch):
     monkeypatch.setenv(COMPILE_ENV, "yes")
     with pytest.raises(ValueError, match="'auto', '0', '1'"):
         compile_mode()
+
+
+def test_compilation_failure_warns_once_then_runs_eagerly(monkeypatch):
+    calls = []
+
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            calls.append(kwargs)
+            raise RuntimeError("no C compiler")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setenv(COMPILE_ENV, "1")
+    doubled = mixer._Compiled(lambda t, k: t * k)
+    x = torch.ones(2)
+    with pytest.warns(UserWarning, match="no C compiler.*runs it eagerly"):
+        assert torch.equal(doubled(x, 2), 2 * x)
+    assert doubled.failed and calls == [{"dynamic": True, "fullgraph": True}]
+    assert torch.equal(doubled(x, 3), 3 * x)  # eager from now on: no second attempt
+    assert len(calls) == 1
+
+
+def test_out_of_memory_in_the_compiled_mixer_is_raised_not_a_fallback(monkeypatch):
+    def oom_compile(fn, **kwargs):
+        def compiled(*args):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", oom_compile)
+    monkeypatch.setenv(COMPILE_ENV, "1")
+    wrapped = mixer._Compiled(lambda t: t)
+    with pytest.raises(torch.OutOfMemoryError):
+        wrapped(torch.ones(1))
+    assert not wrapped.failed
+
+
+def test_auto_mode_runs_eagerly_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: pytest.fail("compiled on CPU"))
+    monkeypatch.delenv(COMPILE_ENV, raising=False)
+    assert torch.equal(mixer._Compiled(lambda t: t + 1)(torch.zeros(1)), torch.ones(1))
 
 
 _COMPILED_CHECK = """

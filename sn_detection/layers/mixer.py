@@ -155,8 +155,9 @@ def compile_mode() -> str:
 class _Compiled:
     """``fn`` run through ``torch.compile`` where ``compile_mode`` asks for it, else eagerly.
 
-    The first failure of the compiled function warns and switches to eager for good (the eager
-    call then raises the error again if it was not a compilation problem)."""
+    The first failure of the compiled function (other than running out of memory) warns and
+    switches to eager for good; the eager call then raises the error again if it was not a
+    compilation problem."""
 
     def __init__(self, fn):
         self.fn = fn
@@ -174,6 +175,8 @@ class _Compiled:
         args = [a.detach() if isinstance(a, torch.nn.Parameter) else a for a in args]
         try:
             return self.compiled(first, *args)
+        except torch.OutOfMemoryError:
+            raise  # not a compilation problem: keep compiling next time
         except Exception as e:  # noqa: BLE001 - any compiler failure falls back to eager
             self.failed = True
             warnings.warn(
