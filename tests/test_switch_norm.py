@@ -217,3 +217,20 @@ def test_importance_and_repr():
     imp = m.importance()
     assert imp["mean"] == pytest.approx({"IN": 1 / 3, "LN": 1 / 3, "BN": 1 / 3})
     assert "using_bn=True" in repr(m) and "momentum=0.01" in repr(m)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_step_on_cuda_never_waits_for_the_gpu(dtype):
+    """A host-device synchronisation in every SN layer would stall the whole model's pipeline."""
+    layer = SwitchNorm2d(64).cuda()
+    x = torch.randn(2, 64, 40, 60, device="cuda", dtype=dtype, requires_grad=True)
+    for step in range(2):  # the first step compiles (which may synchronise); the second must not
+        if step == 1:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            layer(x).float().square().sum().backward()
+            layer.eval()(x.detach())
+            layer.train()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

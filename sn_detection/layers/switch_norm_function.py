@@ -164,7 +164,9 @@ class _Forward:
         )
         self.batch_stats = None
         if local_bn:
-            self.batch_stats = (mean_bn, var_bn, mean_in.new_tensor(float(mean_in.shape[0])))
+            # new_full fills on the device; new_tensor would copy from the host and, on CUDA,
+            # wait for the GPU to finish all queued work
+            self.batch_stats = (mean_bn, var_bn, mean_in.new_full((), float(mean_in.shape[0])))
         elif count is not None:
             self.batch_stats = (mean_bn, var_bn, count)
         self.y = kernels.apply(x, scale, shift)
