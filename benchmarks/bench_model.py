@@ -68,8 +68,7 @@ def run_one(norm: str, args) -> dict:
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    import sn_detection  # noqa: F401  (registers the SN builders)
-    from sn_detection import add_sn_config, build_sn_optimizer
+    from sn_detection import add_sn_config, build_sn_optimizer  # also registers the SN builders
 
     torch.set_num_threads(args.threads)
     cfg = get_cfg()

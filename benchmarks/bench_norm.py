@@ -41,7 +41,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from tabulate import tabulate
 from torch import Tensor, nn
 
-from sn_detection.layers import SwitchNorm2d, select_kernels
+from sn_detection.layers import SwitchNorm2d, fast_kernels_status
 from sn_detection.layers.switch_norm_reference import switch_norm_reference
 
 # Mask R-CNN-sized inputs: FPN levels of an 800x1216 image pair, and a batch of RoI features
@@ -239,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
 
     torch.set_num_threads(args.threads)
-    cpu_kernels = select_kernels(torch.zeros(1, 1, 1, 1)).name
+    cpu_kernels = fast_kernels_status("cpu")
     print(
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.2f}, SN CPU kernels: {cpu_kernels}"
@@ -253,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         for shape in shapes:
             rows = measure(shape, device, dtype, autocast, repeats, warmup)
             results.append(("x".join(map(str, shape)), rows))
-        kernels = select_kernels(torch.zeros(1, 1, 1, 1, device=device, dtype=dtype)).name
+        kernels = fast_kernels_status(device, dtype)
         print(f"\n## {label} (SN ours: {kernels} kernels)\n")
         print(_table(results))
         ours = [next(r for r in rows if r["layer"] == "SN ours") for _, rows in results]

@@ -163,9 +163,9 @@ def _worker(rank: int, world_size: int, store: str, args: argparse.Namespace, ou
             for row in _bench_shape(tuple(shape), layers, args):
                 rows.append((shape_name, "x".join(map(str, shape)), *row))
         if rank == 0:
-            from sn_detection.layers import select_kernels
+            from sn_detection.layers import fast_kernels_status
 
-            kernels = select_kernels(torch.zeros(1, 1, 1, 1), not args.plain_kernels).name
+            kernels = fast_kernels_status("cpu", use_fast=not args.plain_kernels)
             torch.save({"rows": rows, "sync_bn_error": sync_bn_error, "kernels": kernels}, out)
     finally:
         dist.destroy_process_group()

@@ -33,17 +33,16 @@ def get_sn_optimizer_params(
         weight_decay_bias=weight_decay_bias,
         overrides={name: {"weight_decay": weight_decay_importance} for name in IMPORTANCE_LOGITS},
     )
-    # later groups override earlier ones for the same parameter (reduce_param_groups)
+    # later groups override earlier ones for the same parameter (reduce_param_groups); the
+    # default groups hold only trainable parameters already
     for module in model.modules():
         if not isinstance(module, SwitchNorm2d):
             continue
-        groups.append({"params": [module.weight], "weight_decay": weight_decay_norm})
-        if weight_decay_bias is None:
-            groups.append({"params": [module.bias], "weight_decay": weight_decay_norm})
-    groups = [
-        {**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups
-    ]
-    return reduce_param_groups([g for g in groups if g["params"]])
+        norm_params = [module.weight] + ([module.bias] if weight_decay_bias is None else [])
+        for p in norm_params:
+            if p.requires_grad:
+                groups.append({"params": [p], "weight_decay": weight_decay_norm})
+    return reduce_param_groups(groups)
 
 
 def build_sn_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -29,22 +29,18 @@ from sn_detection.checkpoint import (
     fit_to_model,
     read_checkpoint,
 )
-from sn_detection.checkpoint.imagenet_sn import BACKBONE_NAMES
+from sn_detection.checkpoint.imagenet_sn import BACKBONE_NAMES, WIDTH_KEYS
 
 
 def check_against_backbone(conversion: Conversion) -> None:
     """Build the (non-FPN) backbone the weights need and check every tensor fits it exactly."""
     cfg = get_cfg()
     add_sn_config(cfg)
-    settings = conversion.info.required_settings()
-    cfg.MODEL.RESNETS.DEPTH = settings["MODEL.RESNETS.DEPTH"]
-    cfg.MODEL.RESNETS.NORM = settings["MODEL.RESNETS.NORM"]
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = settings["MODEL.RESNETS.STRIDE_IN_1X1"]
-    cfg.MODEL.SN.USING_BN = settings["MODEL.SN.USING_BN"]
-    stem, res2, bottleneck = conversion.info.widths
-    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = stem
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = res2
-    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = bottleneck
+    settings = {
+        **conversion.info.required_settings(),
+        **dict(zip(WIDTH_KEYS, conversion.info.widths)),  # also when they are the defaults
+    }
+    cfg.merge_from_list([item for key_value in settings.items() for item in key_value])
     cfg.MODEL.RESNETS.NUM_GROUPS = 1
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.BACKBONE.FREEZE_AT = 0

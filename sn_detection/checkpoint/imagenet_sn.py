@@ -20,7 +20,7 @@ from detectron2.modeling.backbone.resnet import BottleneckBlock
 from torch import Tensor, nn
 
 from ..layers import FrozenSwitchNorm2d, SwitchNorm2d
-from ..modeling.resnet_v2 import ResNetV2
+from ..modeling.resnet_v2 import BLOCKS_PER_STAGE, ResNetV2
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 SN_IMAGENET_KEY = "sn_imagenet"
 AUTHOR = "sn_detection (tools/convert_sn_imagenet_to_d2.py)"
 
-DEPTHS = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
+DEPTHS = {tuple(blocks): depth for depth, blocks in BLOCKS_PER_STAGE.items()}
 PIXEL_MEAN = [123.675, 116.28, 103.53]  # ImageNet mean (0.485, 0.456, 0.406) in 0-255 units
 PIXEL_STD = [58.395, 57.12, 57.375]  # ImageNet std (0.229, 0.224, 0.225) in 0-255 units
 BACKBONE_NAMES = {
@@ -363,7 +363,7 @@ class Conversion:
             SN_IMAGENET_KEY: self.metadata(),
         }
 
-    def report(self, mapping: bool = True) -> str:
+    def report(self) -> str:
         """The conversion report: what the file is, each mapped tensor, dropped tensors and the
         config settings the weights need."""
         extras = ", ".join(f"{k} {v}" for k, v in self.extras.items())
@@ -373,11 +373,10 @@ class Conversion:
             f"{len(self.mapping)} tensors mapped to '{self.prefix}*'; norm weight/bias "
             "(1,C,1,1) and running statistics (1,C,1) flattened to (C,)",
         ]
-        if mapping:
-            lines += [
-                f"  {src} {list(s)} -> {self.prefix}{dst}" + (f" {list(d)}" if d != s else "")
-                for src, dst, s, d in self.mapping
-            ]
+        lines += [
+            f"  {src} {list(s)} -> {self.prefix}{dst}" + (f" {list(d)}" if d != s else "")
+            for src, dst, s, d in self.mapping
+        ]
         dropped = ", ".join(f"{k} {list(s)}" for k, s in self.dropped) or "none"
         lines.append(f"dropped (classifier, not used for detection): {dropped}")
         lines.append("config settings these weights need:")
@@ -504,8 +503,8 @@ def _key_diff(have: Mapping[str, Tensor], want: Mapping[str, Tensor]) -> str:
     return "; ".join(parts)
 
 
-def _settings_problems(info: SNImageNetInfo, layout: BackboneLayout, model: nn.Module) -> List[str]:
-    """Config settings of ``model`` that disagree with what the weights need."""
+def _settings_problems(info: SNImageNetInfo, layout: BackboneLayout) -> List[str]:
+    """Config settings of the model (seen through ``layout``) that disagree with what the weights need."""
     problems = []
     if layout.version != info.version:
         names = " or ".join(BACKBONE_NAMES[info.version])
@@ -584,7 +583,7 @@ def fit_to_model(
         )
     state = {layout.prefix + k[len(src_prefix) :]: v for k, v in state.items()}
     want = {layout.prefix + k: v for k, v in layout.resnet.state_dict().items()}
-    problems = _settings_problems(info, layout, model)
+    problems = _settings_problems(info, layout)
     for warning in input_convention_warnings(model):
         logger.warning(f"{source}: {warning}")
     missing = set(want) - set(state)

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
+from detectron2.structures.masks import polygon_area
 from filelock import FileLock
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def _annotation(obj: Dict, ann_id: int, image_id: int) -> Dict:
     poly = obj["polygon"]
     x0, y0 = poly.min(axis=0)
     x1, y1 = poly.max(axis=0)
-    area = 0.5 * abs(np.dot(poly[:, 0], np.roll(poly[:, 1], 1)) - np.dot(poly[:, 1], np.roll(poly[:, 0], 1)))
+    area = polygon_area(poly[:, 0], poly[:, 1])
     return {
         "id": ann_id,
         "image_id": image_id,
@@ -114,14 +115,14 @@ def _is_current(json_file: str) -> bool:
         return json.load(f)["info"]["description"].endswith(f"version {VERSION}")
 
 
-def prepare_shapes_dataset(root: str = None) -> Dict[str, str]:
-    """Generate every split that is missing or stale (safe across processes); returns
-    split -> json path."""
+def prepare_shapes_dataset(root: str = None, splits=tuple(SPLITS)) -> Dict[str, str]:
+    """Generate each of ``splits`` (default: all) that is missing or stale (safe across
+    processes); returns split -> json path."""
     root = root or dataset_root()
     os.makedirs(root, exist_ok=True)
     paths = {}
     with FileLock(os.path.join(root, ".lock")):
-        for split in SPLITS:
+        for split in splits:
             json_file = os.path.join(root, f"{split}.json")
             if not _is_current(json_file):
                 logger.info(f"Generating the shapes dataset ({split}) in {root} ...")
@@ -140,8 +141,8 @@ def register_shapes_dataset() -> None:
         json_file = os.path.join(root, f"{split}.json")
         image_root = os.path.join(root, split)
 
-        def load(json_file=json_file, image_root=image_root, name=name):
-            prepare_shapes_dataset(os.path.dirname(json_file))
+        def load(json_file=json_file, image_root=image_root, name=name, split=split):
+            prepare_shapes_dataset(root, splits=(split,))
             return load_coco_json(json_file, image_root, name)
 
         DatasetCatalog.register(name, load)

@@ -7,11 +7,12 @@ from .switch_norm_function import register_kernels, select_kernels, unregister_k
 from .sync_switch_norm import SyncSwitchNorm2d
 
 
-def fast_kernels_status(device: str = "cpu") -> str:
-    """Which SN kernels an fp32 tensor on ``device`` gets (for collect_env)."""
+def fast_kernels_status(device="cpu", dtype=None, use_fast: bool = True) -> str:
+    """The name of the SN kernels a tensor on ``device`` of ``dtype`` (default float32) gets."""
     import torch
 
-    return select_kernels(torch.zeros(1, 1, 1, 1, device=device)).name
+    x = torch.zeros(1, 1, 1, 1, device=device, dtype=dtype or torch.float32)
+    return select_kernels(x, use_fast).name
 
 
 __all__ = [

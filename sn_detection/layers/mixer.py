@@ -22,7 +22,7 @@ compute the same numbers.
 
 import os
 import warnings
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -91,6 +91,20 @@ def _softmax_backward(p: Tensor, grad_p: Tensor) -> Tensor:
     return p * (grad_p - (p * grad_p).sum())
 
 
+def batch_statistics(sums: Tensor, channels: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """(mean, variance before clamping, sample count) of the BN branch from the vector
+    [sum over samples of mean_in (C), of the second moments (C), sample count]."""
+    total = sums[2 * channels]
+    mean = sums[:channels] / total.clamp(min=1)
+    return mean, sums[channels : 2 * channels] / total.clamp(min=1) - mean * mean, total
+
+
+def batch_statistics_backward(grad_mean_bn, grad_var_bn, mean_bn, count):
+    """Gradients of (sum of m, sum of s) over ``count`` samples, given those of the BN statistics
+    mean_bn = sum(m) / count and var_bn (before clamping) = sum(s) / count - mean_bn^2."""
+    return (grad_mean_bn - 2.0 * mean_bn * grad_var_bn) / count, grad_var_bn / count
+
+
 def mix_backward(grad_scale: Tensor, grad_shift: Tensor, saved, local_bn: bool):
     """Gradients of ``mix_forward``'s (scale, shift) with respect to its inputs (m, v, weight,
     bias, mean_logits, var_logits, mean_bn, var_bn), given those of scale and shift; the last two
@@ -128,9 +142,11 @@ def mix_backward(grad_scale: Tensor, grad_shift: Tensor, saved, local_bn: bool):
         grad_mean_bn = p[2] * col_mu
         grad_var_bn = q[2] * col_var * (var_bn_raw > 0).to(m.dtype)
         if local_bn:
-            grad_mean_bn = grad_mean_bn - 2.0 * mean_bn * grad_var_bn
-            grad_s = grad_s + grad_var_bn / n
-            grad_m = grad_m + grad_mean_bn / n
+            grad_sum_mean, grad_sum_second = batch_statistics_backward(
+                grad_mean_bn, grad_var_bn, mean_bn, n
+            )
+            grad_m = grad_m + grad_sum_mean
+            grad_s = grad_s + grad_sum_second
             grad_mean_bn = grad_var_bn = None
 
     grad_m = grad_m + 2.0 * m * grad_s  # s = v + m^2

@@ -30,7 +30,13 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .mixer import MixerSaved, compiled_mix_backward, compiled_mix_forward
+from .mixer import (
+    MixerSaved,
+    batch_statistics,
+    batch_statistics_backward,
+    compiled_mix_backward,
+    compiled_mix_forward,
+)
 
 # Where the BN branch takes its statistics from (``switch_norm``'s ``bn``)
 LOCAL_BATCH = "local batch"
@@ -128,14 +134,6 @@ def select_kernels(x: Tensor, use_fast: bool = True) -> SNKernels:
     return PLAIN_KERNELS
 
 
-def _batch_sums_statistics(sums: Tensor, channels: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """(mean, variance before clamping, sample count) of the BN branch from the vector
-    [sum over samples of mean_in (C), of the second moments (C), sample count]."""
-    total = sums[2 * channels]
-    mean = sums[:channels] / total.clamp(min=1)
-    return mean, sums[channels : 2 * channels] / total.clamp(min=1) - mean * mean, total
-
-
 class _Forward:
     """The forward computation; keeps what backward needs as attributes."""
 
@@ -155,7 +153,7 @@ class _Forward:
                     mean_in.new_full((1,), float(mean_in.shape[0])),
                 ]
             )
-            mean_bn, var_bn, count = _batch_sums_statistics(bn(sums), c)
+            mean_bn, var_bn, count = batch_statistics(bn(sums), c)
         elif bn is not None and not local_bn:
             mean_bn, var_bn = bn  # running statistics
         self.local_bn, self.count = local_bn, count
@@ -199,11 +197,9 @@ class _SwitchNormFunction(torch.autograd.Function):
         mean_in = saved.m
         if ctx.all_reduce is not None:
             # gradients of every process's loss with respect to the sums behind the BN statistics
-            mean_bn = saved.mean_bn
-            t = ctx.count.clamp(min=1)
-            grad_sums = ctx.all_reduce(
-                torch.cat([(grad_mean_bn - 2.0 * mean_bn * grad_var_bn) / t, grad_var_bn / t])
-            )
+            count = ctx.count.clamp(min=1)
+            grad_sums = batch_statistics_backward(grad_mean_bn, grad_var_bn, saved.mean_bn, count)
+            grad_sums = ctx.all_reduce(torch.cat(grad_sums))
             c = mean_in.shape[1]
             grad_sum_mean, grad_sum_second = grad_sums[:c], grad_sums[c:]
             grad_mean = grad_mean + grad_sum_mean + 2.0 * mean_in * grad_sum_second

@@ -38,7 +38,8 @@ def freeze_switchnorm(resnet: ResNet, freeze_at: int) -> ResNet:
 
 
 def zero_init_last_switchnorm(resnet: ResNet) -> None:
-    """Start the last SN of every residual block with weight 0 (MODEL.SN.LAST_GAMMA)."""
+    """Start the last SN of every residual block with weight 0 (MODEL.SN.LAST_GAMMA); in
+    pre-activation (v2) blocks that is ``norm3``, so the branch first outputs conv3(ReLU(0)) = 0."""
     for stage in resnet.stages:
         for block in stage.children():
             if isinstance(block, BottleneckBlock):
@@ -46,7 +47,7 @@ def zero_init_last_switchnorm(resnet: ResNet) -> None:
             elif isinstance(block, BasicBlock):
                 last = block.conv2.norm
             else:
-                continue
+                last = getattr(block, "norm3", None)  # resnet_v2.PreActBottleneckBlock
             if isinstance(last, SwitchNorm2d):
                 last.last_gamma = True
                 nn.init.zeros_(last.weight)

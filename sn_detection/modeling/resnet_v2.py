@@ -40,7 +40,8 @@ from detectron2.modeling.backbone.resnet import BasicStem
 from torch import Tensor, nn
 
 from ..config import sn_options
-from ..layers import FrozenSwitchNorm2d, SwitchNorm2d, get_norm, norm_factory
+from ..layers import FrozenSwitchNorm2d, get_norm, norm_factory
+from .backbone import freeze_switchnorm, zero_init_last_switchnorm
 
 __all__ = [
     "PreActBottleneckBlock",
@@ -190,11 +191,7 @@ class ResNetV2(ResNet):
         :meth:`ResNet.freeze`; their SN layers become FrozenSwitchNorm2d, BN FrozenBatchNorm2d.
         The output normalisation is frozen with the last built stage."""
         super().freeze(freeze_at)
-        if freeze_at >= 1:
-            FrozenSwitchNorm2d.convert_frozen_switchnorm(self.stem)
-        for idx, stage in enumerate(self.stages, start=2):
-            if freeze_at >= idx:
-                FrozenSwitchNorm2d.convert_frozen_switchnorm(stage)
+        freeze_switchnorm(self, freeze_at)
         if hasattr(self, "_tail_name") and freeze_at >= len(self.stages) + 1:
             tail = getattr(self, self._tail_name)
             for p in tail.parameters():
@@ -202,16 +199,6 @@ class ResNetV2(ResNet):
             tail = FrozenBatchNorm2d.convert_frozen_batchnorm(tail)
             setattr(self, self._tail_name, FrozenSwitchNorm2d.convert_frozen_switchnorm(tail))
         return self
-
-
-def zero_init_last_switchnorm_v2(resnet: ResNetV2) -> None:
-    """MODEL.SN.LAST_GAMMA for pre-activation blocks: ``norm3`` (the last norm of the residual
-    branch) starts with weight 0, so the branch outputs conv3(ReLU(0)) = 0 at first."""
-    for stage in resnet.stages:
-        for block in stage:
-            if isinstance(block.norm3, SwitchNorm2d):
-                block.norm3.last_gamma = True
-                nn.init.zeros_(block.norm3.weight)
 
 
 @BACKBONE_REGISTRY.register()
@@ -267,7 +254,7 @@ def build_sn_resnet_v2_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNetV
         bottleneck_channels *= 2
     resnet = ResNetV2(stem, stages, norm=norm, out_features=out_features, freeze_at=0)
     if cfg.MODEL.SN.LAST_GAMMA:
-        zero_init_last_switchnorm_v2(resnet)
+        zero_init_last_switchnorm(resnet)
     return resnet.freeze(freeze_at)
 
 
