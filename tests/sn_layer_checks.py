@@ -7,8 +7,11 @@ from sn_detection.layers import SwitchNorm2d
 from sn_detection.layers.switch_norm_reference import switch_norm_reference
 
 
-def random_sn(channels, using_bn, dtype, seed=0):
-    """A SwitchNorm2d with random parameters and running statistics."""
+PARAMETER_NAMES = ("weight", "bias", "mean_weight", "var_weight")
+
+
+def random_sn(channels=6, using_bn=True, dtype=torch.float64, seed=0):
+    """A SwitchNorm2d (momentum 0.1) with random parameters and running statistics."""
     torch.manual_seed(seed)
     m = SwitchNorm2d(channels, using_bn=using_bn, momentum=0.1).to(dtype)
     with torch.no_grad():
@@ -41,3 +44,13 @@ def reference_step(m, x, dy, training):
     y = switch_norm_reference(x, *params, rm, rv, training=training, momentum=m.momentum, eps=m.eps)
     grads = torch.autograd.grad(y, [x, *params], dy)
     return [y.detach(), *grads, *([rm, rv] if m.using_bn else [])]
+
+
+def gradcheck_layer(m, x, **gradcheck_options):
+    """``torch.autograd.gradcheck`` of ``m`` with respect to ``x`` and its four parameters."""
+
+    def fn(x, *params):
+        return torch.func.functional_call(m, dict(zip(PARAMETER_NAMES, params)), (x,))
+
+    params = tuple(getattr(m, name).detach().clone().requires_grad_() for name in PARAMETER_NAMES)
+    return torch.autograd.gradcheck(fn, (x, *params), **gradcheck_options)

@@ -317,7 +317,9 @@ def test_tool_runs_and_prints_mapping_and_settings(official, tmp_path):
     _, path = official["v1_nobn"]
     out = tmp_path / "converted.pth"
     tool = str(TOOL)
-    run = subprocess.run([sys.executable, tool, path, str(out)], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, tool, path, str(out)], capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
     assert "ResNet-50 v1 + SN (IN/LN, no BN branch)" in run.stdout
     assert "conv1.weight [16, 3, 7, 7] -> backbone.bottom_up.stem.conv1.weight" in run.stdout
@@ -378,7 +380,7 @@ def test_stride_in_1x1_and_non_sn_norm_are_refused(official):
     assert "set MODEL.RESNETS.NORM to SN" in _load_error(build_backbone(cfg), official["v1"][1])
 
 
-def test_detector_input_convention_is_warned_about(official):
+def test_detector_input_convention_is_warned_about():
     # a different input convention is legitimate (e.g. fine-tuning), so it loads with a warning
     cfg = load_config(SN_2X, *NARROW, "INPUT.FORMAT", "BGR", "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]")
     model = build_model(cfg)

@@ -36,7 +36,7 @@ def test_json_is_valid_coco_with_polygon_masks(tmp_path):
         assert bx - 1 <= x and by - 1 <= y and x + w <= bx + bw + 1 and y + h <= by + bh + 1
 
 
-def test_registered_and_loaded_on_first_use(tmp_path, monkeypatch):
+def test_registered_and_loaded_on_first_use():
     dicts = DatasetCatalog.get("sn_shapes_val")
     assert len(dicts) == SPLITS["val"][0]
     assert dicts[0]["annotations"][0]["segmentation"]

@@ -4,22 +4,10 @@ import copy
 import pytest
 import torch
 
+from sn_layer_checks import gradcheck_layer, random_sn
+
 from sn_detection.layers import SwitchNorm2d
 from sn_detection.layers.switch_norm_reference import switch_norm_reference
-
-
-def _random_sn(channels=6, using_bn=True, momentum=0.1, dtype=torch.float64, seed=0):
-    torch.manual_seed(seed)
-    m = SwitchNorm2d(channels, using_bn=using_bn, momentum=momentum).to(dtype)
-    with torch.no_grad():
-        m.weight.normal_()
-        m.bias.normal_()
-        m.mean_weight.normal_()
-        m.var_weight.normal_()
-        if using_bn:
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-    return m
 
 
 def _reference(m, x, training):
@@ -34,7 +22,7 @@ def _reference(m, x, training):
 @pytest.mark.parametrize("using_bn", [True, False])
 @pytest.mark.parametrize("training", [True, False])
 def test_matches_reference_forward_backward_and_running_stats(using_bn, training):
-    m = _random_sn(using_bn=using_bn).train(training)
+    m = random_sn(using_bn=using_bn).train(training)
     x = (torch.randn(3, 6, 5, 4, dtype=torch.float64) * 3 + 1).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
     y_ref, params_ref, rm, rv = _reference(m, x_ref, training)
@@ -53,7 +41,7 @@ def test_matches_reference_forward_backward_and_running_stats(using_bn, training
 
 
 def test_float32_matches_float64_reference():
-    m = _random_sn(channels=32, dtype=torch.float32)
+    m = random_sn(channels=32, dtype=torch.float32)
     x = torch.randn(2, 32, 17, 13) * 2 + 5
     y_ref, *_ = _reference(copy.deepcopy(m).double(), x.double(), True)
     torch.testing.assert_close(m(x).double(), y_ref, rtol=1e-4, atol=1e-4)
@@ -62,21 +50,10 @@ def test_float32_matches_float64_reference():
 @pytest.mark.parametrize("using_bn", [True, False])
 @pytest.mark.parametrize("training", [True, False])
 def test_gradcheck_float64(using_bn, training):
-    m = _random_sn(channels=4, using_bn=using_bn).train(training)
+    m = random_sn(channels=4, using_bn=using_bn).train(training)
     x = torch.randn(3, 4, 3, 2, dtype=torch.float64, requires_grad=True)
 
-    def f(x, weight, bias, mean_weight, var_weight):
-        m.weight.data, m.bias.data = weight, bias  # noqa: keep the module's buffers
-        return torch.func.functional_call(
-            m, {"weight": weight, "bias": bias, "mean_weight": mean_weight,
-                "var_weight": var_weight}, (x,)
-        )
-
-    params = tuple(
-        p.detach().clone().requires_grad_() for p in
-        (m.weight, m.bias, m.mean_weight, m.var_weight)
-    )
-    assert torch.autograd.gradcheck(f, (x, *params))
+    assert gradcheck_layer(m, x)
 
 
 def test_running_stats_start_at_zero_and_follow_pytorch_momentum():
@@ -107,7 +84,7 @@ def test_batch_average_mode_averages_all_batches_since_reset():
 
 
 def test_eval_output_is_independent_of_eval_batch_size():
-    m = _random_sn(channels=8, dtype=torch.float32).eval()
+    m = random_sn(channels=8, dtype=torch.float32).eval()
     x = torch.randn(5, 8, 6, 6)
     together = m(x)
     alone = torch.cat([m(x[i : i + 1]) for i in range(5)])
@@ -141,7 +118,7 @@ def test_single_spatial_element_has_zero_instance_variance():
 
 
 def test_empty_batch_gives_empty_output_keeps_autograd_and_running_stats():
-    m = _random_sn(channels=4, dtype=torch.float32)
+    m = random_sn(channels=4, dtype=torch.float32)
     before = (m.running_mean.clone(), m.running_var.clone())
     x = torch.zeros(0, 4, 5, 5, requires_grad=True)
     y = m(x)
@@ -163,7 +140,7 @@ def test_cancelled_variance_is_clamped_not_nan():
 
 
 def test_autocast_keeps_float32_statistics_and_input_dtype():
-    m = _random_sn(channels=8, dtype=torch.float32)
+    m = random_sn(channels=8, dtype=torch.float32)
     x = (torch.randn(2, 8, 6, 6) * 4 + 100).bfloat16()
     expected = copy.deepcopy(m)(x.float())
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -186,7 +163,7 @@ def test_state_dict_keys_and_shapes():
 
 
 def test_loads_official_tensor_layout():
-    src = _random_sn(channels=4, dtype=torch.float32)
+    src = random_sn(channels=4, dtype=torch.float32)
     official = {
         "weight": src.weight.detach().view(1, 4, 1, 1), "bias": src.bias.detach().view(1, 4, 1, 1),
         "running_mean": src.running_mean.view(1, 4, 1), "running_var": src.running_var.view(1, 4, 1),

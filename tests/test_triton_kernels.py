@@ -22,7 +22,7 @@ import traceback
 
 import pytest
 import torch
-from sn_layer_checks import forward_backward, random_sn, reference_step
+from sn_layer_checks import forward_backward, gradcheck_layer, random_sn, reference_step
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
@@ -238,15 +238,7 @@ def check_gradcheck_through_triton_kernels():
         for using_bn in (True, False):
             with _case(using_bn=using_bn):
                 m = random_sn(3, using_bn, torch.float64)
-                params = (m.weight, m.bias, m.mean_weight, m.var_weight)
-
-                def fn(x, weight, bias, mean_weight, var_weight):
-                    state = dict(
-                        weight=weight, bias=bias, mean_weight=mean_weight, var_weight=var_weight
-                    )
-                    return torch.func.functional_call(m, state, (x,))
-
-                assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-6)
+                assert gradcheck_layer(m, x, eps=1e-6, atol=1e-6)
 
 
 CHECKS = sorted(name for name in dict(globals()) if name.startswith("check_"))
