@@ -42,7 +42,7 @@ from tabulate import tabulate
 from torch import Tensor, nn
 
 from sn_detection.layers import SwitchNorm2d, fast_kernels_status
-from sn_detection.layers.switch_norm_reference import switch_norm_reference
+from sn_detection.testing import switch_norm_reference
 
 # Mask R-CNN-sized inputs: FPN levels of an 800x1216 image pair, and a batch of RoI features
 SHAPES = [(2, 256, 200, 304), (2, 64, 400, 608), (2, 512, 100, 152), (1024, 256, 14, 14)]

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from sn_detection.utils.collectives import count_collectives
+from sn_detection.testing import count_collectives
 
 # (name, N, C, H, W) per process
 FULL_SHAPES = [

@@ -25,11 +25,25 @@ from detectron2.engine import (
 )
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from sn_detection import add_sn_config, build_sn_optimizer  # importing registers SN builders
 from sn_detection.checkpoint import SNCheckpointer
 
 logger = logging.getLogger("sn_detection")
+
+# detectron2's DefaultTrainer.__init__ as mirrored by Trainer.__init__ (sha256 of its source)
+DETECTRON2_INIT = "d7a2d8646201904756a9ea89a504933a9dacff5a923192368c757a31b0999b05"
+
+
+def ddp_arguments(cfg) -> dict:
+    """Keyword arguments of DistributedDataParallel for ``create_ddp_model``: buffers are not
+    broadcast in every forward (each SN/BN layer keeps its own running statistics; SyncSN's are
+    equal on every process by construction), and CPU models take no device_ids."""
+    args = {"forward_sync_buffers": False}
+    if cfg.MODEL.DEVICE == "cpu":
+        args["device_ids"] = None
+    return args
 
 
 class Trainer(DefaultTrainer):
@@ -37,16 +51,20 @@ class Trainer(DefaultTrainer):
     SNCheckpointer (MODEL.WEIGHTS may be an ImageNet SN checkpoint as released)."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, except for SNCheckpointer and one argument: detectron2 gives
-        # DDP the local rank as device_ids, which DistributedDataParallel refuses for CPU models;
-        # CPU runs of several processes (gloo) need device_ids=None.
+        # A copy of DefaultTrainer.__init__ (detectron2/engine/defaults.py), which offers no seam
+        # for the two things that differ: the checkpointer (SNCheckpointer), and DDP's arguments
+        # (detectron2 gives DDP device_ids=[local rank], which DistributedDataParallel refuses for
+        # CPU models; several CPU processes on gloo need device_ids=None; and detectron2's
+        # broadcast_buffers=False is deprecated in torch for forward_sync_buffers=False).
+        # tests/tools/test_train_net.py fails when detectron2's __init__ changes (DETECTRON2_INIT).
         TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()  # setup_logger is not called for d2
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        ddp_device = {"device_ids": None} if cfg.MODEL.DEVICE == "cpu" else {}
-        model = create_ddp_model(model, broadcast_buffers=False, **ddp_device)
+        model = create_ddp_model(model, **ddp_arguments(cfg))
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, data_loader, optimizer
         )

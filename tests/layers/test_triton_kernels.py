@@ -22,7 +22,7 @@ import traceback
 
 import pytest
 import torch
-from sn_layer_checks import forward_backward, gradcheck_layer, random_sn, reference_step
+from sn_detection.testing import forward_backward, gradcheck_layer, random_sn, reference_step
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 

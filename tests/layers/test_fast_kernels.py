@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from sn_layer_checks import forward_backward, gradcheck_layer, random_sn, reference_step
+from sn_detection.testing import forward_backward, gradcheck_layer, random_sn, reference_step
 
 pytest.importorskip("sn_detection._C", reason="the C++ kernels are not built (run `make setup`)")
 

@@ -7,7 +7,7 @@ from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from conftest import CONFIGS
+from sn_detection.testing import CONFIGS
 from sn_detection import add_sn_config
 from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d, SyncSwitchNorm2d
 from sn_detection.modeling.resnet_v2 import PreActBottleneckBlock, ResNetV2

@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-from conftest import CONFIGS, REPO
+from sn_detection.testing import CONFIGS, REPO
 
 SMOKE = CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml"
 
@@ -82,3 +82,20 @@ def test_compiled_mixer_trains_and_evaluates_without_falling_back(tmp_path):
     assert "torch.compile of SN's" not in log  # the warning of a fallback to eager
     assert "recompile_limit" not in log
     assert set(_copypaste_metrics(log)) == {"bbox", "segm"}
+
+
+def test_trainer_init_still_mirrors_detectron2():
+    """Trainer.__init__ copies DefaultTrainer.__init__ (no seam for the checkpointer and DDP's
+    arguments): when detectron2 changes it, this fails, and the copy must be brought up to date
+    (then update DETECTRON2_INIT in tools/train_net.py)."""
+    import hashlib
+    import importlib.util
+    import inspect
+
+    from detectron2.engine import DefaultTrainer
+
+    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools/train_net.py")
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    source = inspect.getsource(DefaultTrainer.__init__)
+    assert hashlib.sha256(source.encode()).hexdigest() == train_net.DETECTRON2_INIT, source

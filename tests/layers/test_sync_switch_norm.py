@@ -12,11 +12,11 @@ from typing import Dict, List, Sequence
 import pytest
 import torch
 import torch.distributed as dist
-from dist_utils import run_distributed
+from sn_detection.testing import run_distributed
 from torch import nn
 
 from sn_detection.layers import SwitchNorm2d, SyncSwitchNorm2d
-from sn_detection.utils.collectives import count_collectives
+from sn_detection.testing import count_collectives
 
 C, H, W = 3, 5, 4
 STEPS = 2  # two training steps: the running statistics see two updates

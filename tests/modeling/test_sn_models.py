@@ -5,8 +5,8 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from torch import nn
 
-from conftest import CONFIGS
-from conftest import load_config
+from sn_detection.testing import CONFIGS
+from sn_detection.testing import load_config
 from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d, SyncSwitchNorm2d
 
 SN_2X = CONFIGS / "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_sn.yaml"

@@ -4,7 +4,7 @@ import pathlib
 import subprocess
 import sys
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_norm.py"
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_norm.py"
 LAYERS = ("SN ours", "SN ours, plain", "SN reference", "BatchNorm2d", "GroupNorm(32)")
 
 

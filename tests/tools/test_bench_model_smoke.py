@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from conftest import REPO
+from sn_detection.testing import REPO
 
 
 def test_bench_model_prints_time_and_memory_ratios():

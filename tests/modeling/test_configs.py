@@ -3,7 +3,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from conftest import CONFIGS, load_config
+from sn_detection.testing import CONFIGS, load_config
 
 ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
 

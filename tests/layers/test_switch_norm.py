@@ -4,10 +4,10 @@ import copy
 import pytest
 import torch
 
-from sn_layer_checks import gradcheck_layer, random_sn
+from sn_detection.testing import gradcheck_layer, random_sn
 
 from sn_detection.layers import SwitchNorm2d
-from sn_detection.layers.switch_norm_reference import switch_norm_reference
+from sn_detection.testing import switch_norm_reference
 
 
 def _reference(m, x, training):

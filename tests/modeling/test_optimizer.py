@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from conftest import CONFIGS, load_config
+from sn_detection.testing import CONFIGS, load_config
 from sn_detection.layers import SwitchNorm2d
 from sn_detection.solver import build_sn_optimizer, get_sn_optimizer_params
 

@@ -20,7 +20,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_model
 from torch import nn
 
-from conftest import CONFIGS, REPO, load_config
+from sn_detection.testing import CONFIGS, REPO, load_config
 from sn_detection import add_sn_config
 from sn_detection.checkpoint.imagenet_sn import input_convention_warnings
 from sn_detection.checkpoint import (
@@ -30,7 +30,7 @@ from sn_detection.checkpoint import (
     inspect_state_dict,
     read_checkpoint,
 )
-from sn_detection.layers.switch_norm_reference import switch_norm_reference
+from sn_detection.testing import switch_norm_reference
 
 STEM, PLANES = 16, 16  # narrow widths: stem 16, res2 64 out / 16 bottleneck
 INPUT = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))

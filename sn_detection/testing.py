@@ -1,0 +1,247 @@
+"""Helpers for the tests and benchmarks of sn_detection (as ``detectron2/utils/testing.py``).
+
+Nothing in the library imports this module. It holds
+
+- ``switch_norm_reference``: a plainly written SN with the official semantics, the oracle of the
+  layer tests and the "official-style" row of the benchmarks;
+- ``random_sn``, ``forward_backward``, ``reference_step``, ``gradcheck_layer``: one step of an SN
+  layer through its kernels and through the reference, and gradcheck of a layer;
+- ``run_distributed`` and ``count_collectives``: several CPU processes on gloo, and counting the
+  torch.distributed collectives a block makes;
+- ``REPO``, ``CONFIGS``, ``load_config``: the repository's config files (source checkouts only).
+"""
+import os
+import pathlib
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import Tensor
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+# -- the reference layer -------------------------------------------------------------------------
+
+
+def switch_norm_reference(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    running_mean: Optional[Tensor] = None,
+    running_var: Optional[Tensor] = None,
+    training: bool = True,
+    momentum: float = 0.01,
+    eps: float = 1e-5,
+) -> Tensor:
+    """SN of a 4-D ``x`` written as the original implementation writes it, line by line
+    (full-size intermediate tensors, autograd through every op); the BN branch is used when
+    running statistics are given.
+
+    ``momentum`` is PyTorch's (share of the batch statistic); in training the running statistics
+    are updated in place, as in the official code. It has the original's defects: NaN for
+    H*W = 1 and for empty batches, and E[x^2] - E[x]^2 cancellation (use it in float64).
+    """
+    n, c, h, w = x.shape
+    x = x.view(n, c, -1)
+    mean_in = x.mean(-1, keepdim=True)
+    var_in = x.var(-1, keepdim=True)  # unbiased, as the official code
+
+    mean_ln = mean_in.mean(1, keepdim=True)
+    temp = var_in + mean_in**2
+    var_ln = temp.mean(1, keepdim=True) - mean_ln**2
+
+    using_bn = running_mean is not None
+    if using_bn:
+        if training:
+            mean_bn = mean_in.mean(0, keepdim=True)
+            var_bn = temp.mean(0, keepdim=True) - mean_bn**2
+            with torch.no_grad():
+                keep = 1.0 - momentum
+                running_mean.mul_(keep).add_(momentum * mean_bn.view(c))
+                running_var.mul_(keep).add_(momentum * var_bn.view(c))
+        else:
+            mean_bn = running_mean.view(1, c, 1)
+            var_bn = running_var.view(1, c, 1)
+
+    softmax = torch.nn.Softmax(0)
+    mw = softmax(mean_weight)
+    vw = softmax(var_weight)
+    if using_bn:
+        mean = mw[0] * mean_in + mw[1] * mean_ln + mw[2] * mean_bn
+        var = vw[0] * var_in + vw[1] * var_ln + vw[2] * var_bn
+    else:
+        mean = mw[0] * mean_in + mw[1] * mean_ln
+        var = vw[0] * var_in + vw[1] * var_ln
+
+    x = (x - mean) / (var + eps).sqrt()
+    x = x.view(n, c, h, w)
+    return x * weight.view(1, c, 1, 1) + bias.view(1, c, 1, 1)
+
+
+# -- one step of a layer -------------------------------------------------------------------------
+
+PARAMETER_NAMES = ("weight", "bias", "mean_weight", "var_weight")
+
+
+def random_sn(channels=6, using_bn=True, dtype=torch.float64, seed=0):
+    """A SwitchNorm2d (momentum 0.1) with random parameters and running statistics."""
+    from sn_detection.layers import SwitchNorm2d
+
+    torch.manual_seed(seed)
+    m = SwitchNorm2d(channels, using_bn=using_bn, momentum=0.1).to(dtype)
+    with torch.no_grad():
+        for p in (m.weight, m.bias, m.mean_weight, m.var_weight):
+            p.normal_()
+        if using_bn:
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def forward_backward(m, x, dy, fast: bool):
+    """Output, gradients (x and parameters) and running statistics of one step of ``m``, on the
+    fast kernels (``fast``) or the plain ones."""
+    from sn_detection.layers import kernels
+
+    x = x.detach().clone().requires_grad_()
+    with kernels.fast_kernels(fast):
+        y = m(x)
+        grads = torch.autograd.grad(y, [x, m.weight, m.bias, m.mean_weight, m.var_weight], dy)
+    stats = [m.running_mean.clone(), m.running_var.clone()] if m.using_bn else []
+    return [y.detach(), *grads, *stats]
+
+
+def reference_step(m, x, dy, training):
+    """The same as ``forward_backward`` through ``switch_norm_reference``."""
+    x = x.detach().clone().requires_grad_()
+    params = [
+        p.detach().clone().requires_grad_() for p in (m.weight, m.bias, m.mean_weight, m.var_weight)
+    ]
+    rm = m.running_mean.clone() if m.using_bn else None
+    rv = m.running_var.clone() if m.using_bn else None
+    y = switch_norm_reference(x, *params, rm, rv, training=training, momentum=m.momentum, eps=m.eps)
+    grads = torch.autograd.grad(y, [x, *params], dy)
+    return [y.detach(), *grads, *([rm, rv] if m.using_bn else [])]
+
+
+def gradcheck_layer(m, x, **gradcheck_options):
+    """``torch.autograd.gradcheck`` of ``m`` with respect to ``x`` and its four parameters."""
+
+    def fn(x, *params):
+        return torch.func.functional_call(m, dict(zip(PARAMETER_NAMES, params)), (x,))
+
+    params = tuple(getattr(m, name).detach().clone().requires_grad_() for name in PARAMETER_NAMES)
+    return torch.autograd.gradcheck(fn, (x, *params), **gradcheck_options)
+
+
+# -- several processes ---------------------------------------------------------------------------
+
+
+def _worker(rank: int, world_size: int, tmp: str, fn: Callable, args: tuple) -> None:
+    torch.set_num_threads(1)  # one core per process
+    store = os.path.join(tmp, "store")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        result = fn(rank, world_size, *args)
+        torch.save(result, os.path.join(tmp, f"result{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 40.0) -> List[Any]:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` spawned CPU processes of one gloo
+    group (``fn`` must be importable by the children: a module-level function).
+
+    Returns each rank's return value (saved with ``torch.save``). A process that raises fails
+    the caller with its traceback; processes still running after ``timeout`` seconds (a hang in
+    a collective) are killed and TimeoutError is raised.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        context = mp.start_processes(
+            _worker,
+            args=(world_size, tmp, fn, args),
+            nprocs=world_size,
+            join=False,
+            start_method="spawn",
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"{getattr(fn, '__name__', fn)} did not finish in {timeout:.0f} s "
+                        "(a hang in a collective?)"
+                    )
+        finally:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        return [
+            torch.load(os.path.join(tmp, f"result{r}.pt"), weights_only=False)
+            for r in range(world_size)
+        ]
+
+
+COLLECTIVES = (
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_gather_single",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "broadcast",
+    "all_to_all",
+)
+
+
+@contextmanager
+def count_collectives() -> Iterator[Dict[str, int]]:
+    """Count the calls of torch.distributed's collectives (by name) made inside the block.
+
+    Wraps the functions of the ``torch.distributed`` module for the duration of the block, so it
+    sees calls made as ``dist.all_reduce(...)`` (as fvcore and detectron2 make them), in this
+    process only.
+    """
+    counts: Dict[str, int] = {}
+    originals = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}
+
+    def counting(name: str, original: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for name, original in originals.items():
+        setattr(dist, name, counting(name, original))
+    try:
+        yield counts
+    finally:
+        for name, original in originals.items():
+            setattr(dist, name, original)
+
+
+# -- configs -------------------------------------------------------------------------------------
+
+
+def load_config(path, *opts):
+    """A mutable cfg from a config file with MODEL.SN added, on the CPU, with KEY VALUE
+    overrides."""
+    from detectron2.config import get_cfg
+
+    from sn_detection import add_sn_config
+
+    cfg = get_cfg()
+    add_sn_config(cfg)
+    cfg.merge_from_file(str(path))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    return cfg
