@@ -33,8 +33,13 @@ def add_sn_config(cfg: CN) -> None:
 def sn_options(cfg: CN) -> dict:
     """Keyword arguments for SwitchNorm2d / SyncSwitchNorm2d from ``cfg.MODEL.SN``."""
     sn = cfg.MODEL.SN
-    assert 0.0 <= sn.MOMENTUM <= 1.0, f"MODEL.SN.MOMENTUM must be in [0, 1], got {sn.MOMENTUM}"
-    assert sn.EPS > 0, f"MODEL.SN.EPS must be positive, got {sn.EPS}"
+    if not 0.0 <= sn.MOMENTUM <= 1.0:
+        raise ValueError(
+            f"MODEL.SN.MOMENTUM must be in [0, 1] (the share of the new batch statistic), got "
+            f"{sn.MOMENTUM}; the official keep ratio 0.997 is MOMENTUM 0.003"
+        )
+    if not sn.EPS > 0:
+        raise ValueError(f"MODEL.SN.EPS must be positive (e.g. 1e-5), got {sn.EPS}")
     return {
         "eps":                  sn.EPS,
         "momentum":             sn.MOMENTUM,
