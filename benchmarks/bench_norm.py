@@ -24,7 +24,8 @@ on a leaf input that requires grad, with one fixed random output gradient:
 
 Layers: "SN ours" is ``SwitchNorm2d`` with the fastest registered kernels (the C++/OpenMP ones
 on CPU when built), "SN ours, plain" the same layer on the plain PyTorch kernels
-(``use_fast_kernels=False``), "SN reference" the official formulas written plainly
+(``kernels.fast_kernels(False)`` around its forward; backward uses the kernels forward
+chose), "SN reference" the official formulas written plainly
 (``switch_norm_reference``). CPU runs are float32; CUDA runs float32 and bfloat16 autocast (the
 input in bfloat16, as a convolution under autocast produces it). The load average is printed:
 other processes on the machine slow multi-threaded runs.
@@ -41,7 +42,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from tabulate import tabulate
 from torch import Tensor, nn
 
-from sn_detection.layers import SwitchNorm2d, fast_kernels_status
+from sn_detection.layers import SwitchNorm2d, kernels, kernels_status
 from sn_detection.testing import switch_norm_reference
 
 # Mask R-CNN-sized inputs: FPN levels of an 800x1216 image pair, and a batch of RoI features
@@ -68,15 +69,17 @@ class ReferenceSN(nn.Module):
         return switch_norm_reference(x, *params, *stats, training=self.training)
 
 
-def _sn(channels: int, fast: bool) -> nn.Module:
-    m = SwitchNorm2d(channels)
-    m.use_fast_kernels = fast
-    return m
+class PlainKernelsSN(SwitchNorm2d):
+    """SwitchNorm2d on the plain PyTorch kernels, whatever is registered."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        with kernels.fast_kernels(False):
+            return super().forward(x)
 
 
 LAYERS: Dict[str, Callable[[int], nn.Module]] = {
-    "SN ours": lambda c: _sn(c, fast=True),
-    "SN ours, plain": lambda c: _sn(c, fast=False),
+    "SN ours": SwitchNorm2d,
+    "SN ours, plain": PlainKernelsSN,
     "SN reference": ReferenceSN,
     "BatchNorm2d": nn.BatchNorm2d,
     "GroupNorm(32)": lambda c: nn.GroupNorm(32, c),
@@ -239,7 +242,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
 
     torch.set_num_threads(args.threads)
-    cpu_kernels = fast_kernels_status("cpu")
+    cpu_kernels = kernels_status("cpu")
     print(
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.2f}, SN CPU kernels: {cpu_kernels}"
@@ -253,8 +256,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         for shape in shapes:
             rows = measure(shape, device, dtype, autocast, repeats, warmup)
             results.append(("x".join(map(str, shape)), rows))
-        kernels = fast_kernels_status(device, dtype)
-        print(f"\n## {label} (SN ours: {kernels} kernels)\n")
+        chosen = kernels_status(device, dtype)
+        print(f"\n## {label} (SN ours: {chosen} kernels)\n")
         print(_table(results))
         ours = [next(r for r in rows if r["layer"] == "SN ours") for _, rows in results]
         print()

@@ -47,7 +47,7 @@ QUICK_SHAPES = [
     ("tiny map", 2, 32, 16, 16),
     ("tiny RoIs", 8, 32, 7, 7),
 ]
-COLLECTIVES_ONLY = "gloo all_reduce (fwd) + all_reduce (bwd) of 2C+1 floats alone"
+COLLECTIVES_ONLY = "gloo all_gather of 2C+1 floats (fwd) + all_reduce of 2C (bwd) alone"
 
 
 
@@ -102,15 +102,17 @@ def _count_calls(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Tuple[i
 
 
 def _collectives_only(channels: int) -> Tuple[float, float]:
-    """The floor of a synchronized norm: the all-reduce in forward and the one in backward of
-    2C+1 floats that SyncSN makes, alone: (forward s, both s) on this rank. (NaiveSyncBN's
-    forward collective is an all_gather of as many floats.)"""
+    """The floor of a synchronized norm: the collectives SyncSN makes, alone: the all_gather of
+    2C+1 floats in forward and the all_reduce of 2C in backward: (forward s, both s) on this
+    rank. (NaiveSyncBN's forward collective is an all_gather too.)"""
     vec = torch.randn(2 * channels + 1)
+    gathered = [torch.empty_like(vec) for _ in range(dist.get_world_size())]
+    grads = torch.randn(2 * channels)
     dist.barrier()
     t0 = time.perf_counter()
-    dist.all_reduce(vec)
+    dist.all_gather(gathered, vec)
     t1 = time.perf_counter()
-    dist.all_reduce(vec)
+    dist.all_reduce(grads)
     t2 = time.perf_counter()
     return t1 - t0, t2 - t0
 
@@ -153,9 +155,9 @@ def _worker(rank: int, world_size: int, store: str, args: argparse.Namespace, ou
     try:
         torch.manual_seed(rank)
         if args.plain_kernels:
-            from sn_detection.layers import SwitchNorm2d
+            from sn_detection.layers import set_fast_kernels
 
-            SwitchNorm2d.use_fast_kernels = False
+            set_fast_kernels(False)
         sync_bn_error = _torch_sync_bn_error()
         layers = _layers(sync_bn_error)
         rows = []
@@ -163,9 +165,9 @@ def _worker(rank: int, world_size: int, store: str, args: argparse.Namespace, ou
             for row in _bench_shape(tuple(shape), layers, args):
                 rows.append((shape_name, "x".join(map(str, shape)), *row))
         if rank == 0:
-            from sn_detection.layers import fast_kernels_status
+            from sn_detection.layers import kernels_status
 
-            kernels = fast_kernels_status("cpu", use_fast=not args.plain_kernels)
+            kernels = kernels_status("cpu")
             torch.save({"rows": rows, "sync_bn_error": sync_bn_error, "kernels": kernels}, out)
     finally:
         dist.destroy_process_group()

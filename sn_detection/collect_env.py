@@ -26,8 +26,7 @@ def collect_env_info() -> str:
     import detectron2
     import torch
 
-    from sn_detection.layers import fast_kernels_status
-    from sn_detection.layers.mixer import COMPILE_ENV, compile_mode
+    from sn_detection.layers import kernels
 
     rows = [
         ("Python", sys.version.split()[0]),
@@ -40,9 +39,10 @@ def collect_env_info() -> str:
         ("torchvision", _version("torchvision")),
         ("CUDA available", f"{torch.cuda.is_available()} (build {torch.version.cuda})"),
         ("CPU threads", str(torch.get_num_threads())),
-        ("SN CPU kernels", fast_kernels_status("cpu")),
-        ("SN CUDA kernels", fast_kernels_status("cuda") if torch.cuda.is_available() else "-"),
-        ("SN mixer compile", f"{COMPILE_ENV}={compile_mode()}"),
+        ("SN CPU kernels", kernels.kernels_status("cpu")),
+        ("SN CUDA kernels", kernels.kernels_status("cuda") if torch.cuda.is_available() else "-"),
+        ("SN fast kernels", f"{kernels.FAST_KERNELS_ENV}={int(kernels.fast_kernels_enabled())}"),
+        ("SN mixer compile", f"{kernels.COMPILE_ENV}={kernels.compile_mixer_mode()}"),
         ("triton", _version("triton")),
         ("fvcore", _version("fvcore")),
         ("iopath", _version("iopath")),

@@ -1,19 +1,22 @@
-"""Normalization layers: SN, its frozen and synchronized forms, and the norm registry."""
-from . import cpu_kernels  # noqa: F401  (imported for registration: the C++ CPU kernels)
-from . import triton_kernels  # noqa: F401  (imported for registration: Triton, CUDA)
+"""Normalization layers: SN, its frozen and synchronized forms, and the norm registry.
+
+Where to look: the math of the (N, C)-sized statistics in ``mixer.py``; the autograd core in
+``switch_norm_function.py``; which code runs the full-size passes (and how to force the plain
+PyTorch path) in ``kernels.py``; the modules in ``switch_norm.py`` and ``sync_switch_norm.py``;
+norm names in ``norm.py``.
+"""
+from .kernels import (
+    SNKernels,
+    kernels_status,
+    register_kernels,
+    select_kernels,
+    set_compile_mixer,
+    set_fast_kernels,
+    unregister_kernels,
+)
 from .norm import NORMS, get_norm, norm_factory, register_norm, valid_norm_names
 from .switch_norm import FrozenSwitchNorm2d, SwitchNorm2d
-from .switch_norm_function import register_kernels, select_kernels, unregister_kernels
 from .sync_switch_norm import SyncSwitchNorm2d
-
-
-def fast_kernels_status(device="cpu", dtype=None, use_fast: bool = True) -> str:
-    """The name of the SN kernels a tensor on ``device`` of ``dtype`` (default float32) gets."""
-    import torch
-
-    x = torch.zeros(1, 1, 1, 1, device=device, dtype=dtype or torch.float32)
-    return select_kernels(x, use_fast).name
-
 
 __all__ = [
     "SwitchNorm2d",
@@ -24,8 +27,11 @@ __all__ = [
     "norm_factory",
     "register_norm",
     "valid_norm_names",
+    "SNKernels",
     "register_kernels",
     "unregister_kernels",
     "select_kernels",
-    "fast_kernels_status",
+    "set_fast_kernels",
+    "set_compile_mixer",
+    "kernels_status",
 ]

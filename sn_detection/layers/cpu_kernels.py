@@ -1,7 +1,8 @@
-"""Registers the C++/OpenMP CPU kernels of SN (``sn_detection._C``) when they are built.
+"""The C++/OpenMP CPU kernels of SN (``sn_detection._C``) as ``SNKernels``, when they are built.
 
-The extension is built by ``setup.py`` (``make setup``). Without it (a source checkout that was
-never built) nothing is registered and SN runs on the plain PyTorch kernels; an extension that
+The extension is built by ``setup.py`` (``make setup``); ``kernels.py`` registers ``CPU_KERNELS``
+for "cpu". Without it (a source checkout that was never built) ``CPU_KERNELS`` is None and SN runs
+on the plain PyTorch kernels; an extension that
 exists but fails to load gives a warning, then the same fallback.
 """
 
@@ -11,7 +12,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .switch_norm_function import SNKernels, register_kernels
+from .kernels import SNKernels
 
 try:
     from sn_detection import _C
@@ -51,4 +52,3 @@ if _C is not None:
         backward_apply=_backward_apply,
         supports=_supports,
     )
-    register_kernels("cpu", CPU_KERNELS)

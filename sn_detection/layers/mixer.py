@@ -1,34 +1,50 @@
-"""SN's (N, C)-sized statistics mixer, with a hand-derived backward.
+"""SN's (N, C)-sized arithmetic: the BN-branch batch statistics and the mixer, each with a
+hand-derived backward.
 
-Given the per-(n, c) mean ``m`` and unbiased variance ``v`` of the input, the mixer computes
+Given the per-(n, c) mean ``m`` and unbiased variance ``v`` of the input (N samples, C channels):
 
-    s   = v + m^2                                    second moment per (n, c)
-    m_L = mean_c m,   v_L = max(mean_c s - m_L^2, 0)  LN statistics, per sample
-    m_B = mean_n m,   v_B = max(mean_n s - m_B^2, 0)  BN statistics, per channel (or given ones)
+LN statistics, per sample::
+
+    m_L = mean_c m,    v_L = mean_c v + mean_c (m - m_L)^2
+
+BN statistics in training, per channel, over the samples of one or several processes: each
+process summarises its n samples as (n, mean_n m, M2 = sum_n [v + (m - mean_n m)^2])
+(``batch_summary``); summaries combine exactly, as in Chan et al.'s parallel variance
+(``combine_summaries``): N = sum n_k, m_B = sum n_k mean_k / N,
+M2 = sum M2_k + sum n_k (mean_k - m_B)^2; then v_B = M2 / N. With one process the combination
+is the identity. In eval mode (m_B, v_B) are the running statistics.
+
+The mixture and the affine transform, folded into a per-(n, c) scale and shift::
+
     mu  = p_IN m + p_LN m_L + p_BN m_B                p = softmax(mean logits)
     var = q_IN v + q_LN v_L + q_BN v_B                q = softmax(var logits)
     scale = weight / sqrt(var + eps),  shift = bias - mu * scale
 
-so that SN's output is ``x * scale + shift``. ``mix_forward`` and ``mix_backward`` are plain tensor
-functions (no autograd graph): about 25 small operations forward and 45 backward, where autograd
-of the same formulas records ~35 nodes and runs ~60 operations. The clamps' gradients follow
-autograd's convention (zero where the clamped value is exactly 0).
+so that SN's output is ``x * scale + shift``. The official code forms v_L and v_B as
+E[v + m^2] - mean^2, the same numbers in exact arithmetic (the law of total variance), which
+cancel catastrophically when a mean is far above the spread (float32, x = 1e4 + N(0, 1)); the
+forms above subtract only means from means, are never negative and need no clamp.
 
-On CUDA both are compiled with ``torch.compile`` (dynamic shapes) into a few fused kernels, since
-dozens of tiny launches per layer would cost more than the full-size passes; see
-``compile_mode``. A compilation failure warns once and falls back to the eager functions, which
-compute the same numbers.
+Backward of the batch statistics: given G_mean, G_var, the gradients of the loss of *every*
+process with respect to (m_B, v_B) (summed over processes by the caller),
+``d/dm_n = G_mean / N + 2 G_var (m_n - m_B) / N`` and ``d/dv_n = G_var / N``
+(``batch_statistics_backward``); the terms through each process's own mean cancel because
+deviations from a mean sum to zero. The same holds for v_L over channels.
+
+All functions are plain tensor functions (no autograd graph). On CUDA they are compiled with
+``torch.compile`` (dynamic shapes) into a few fused kernels, since dozens of tiny launches per
+layer would cost more than the full-size passes; ``kernels.set_compile_mixer`` decides. The first
+call of a compiled function on a device and dtype is checked against the eager function; a
+compilation failure or a mismatch warns once and falls back to the eager functions for good.
 """
 
-import os
 import warnings
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-# environment variable: "auto" (default: compile on CUDA), "1" (compile on every device), "0"
-COMPILE_ENV = "SN_DETECTION_COMPILE_MIXER"
+from .kernels import COMPILE_ENV, compiles_mixer_on
 
 
 class MixerSaved(NamedTuple):
@@ -40,11 +56,56 @@ class MixerSaved(NamedTuple):
     p: Tensor  # softmax of the mean logits
     q: Tensor  # softmax of the variance logits
     mean_ln: Tensor
-    var_ln_raw: Tensor  # before clamping at 0
+    var_ln: Tensor
     mean_bn: Optional[Tensor]
-    var_bn_raw: Optional[Tensor]
+    var_bn: Optional[Tensor]
     rstd: Tensor  # 1 / sqrt(var + eps)
     mu: Tensor  # the mixed mean
+
+
+# -- BN-branch batch statistics ------------------------------------------------------------------
+
+
+def batch_summary(m: Tensor, v: Tensor) -> Tensor:
+    """This process's samples summarised for the BN statistics: the vector [mean over samples of
+    m (C), M2 = sum over samples of v + (m - mean)^2 (C), sample count (1)]. An empty batch gives
+    zeros (and count 0)."""
+    count = torch.ones_like(m[:, :1]).sum(dim=0)  # (1,), no host value: compiles for any N
+    mean = m.sum(dim=0) / count.clamp(min=1)
+    m2 = (v + (m - mean).square()).sum(dim=0)
+    return torch.cat([mean, m2, count])
+
+
+def combine_summaries(summaries: Tensor) -> Tensor:
+    """One summary of the samples of several, from their (K, 2C+1) stack (Chan et al.'s parallel
+    combination: exact, with any sample counts, including 0)."""
+    c = (summaries.shape[1] - 1) // 2
+    means, m2s, counts = summaries[:, :c], summaries[:, c : 2 * c], summaries[:, 2 * c :]
+    total = counts.sum(dim=0)
+    mean = (counts * means).sum(dim=0) / total.clamp(min=1)
+    m2 = m2s.sum(dim=0) + (counts * (means - mean).square()).sum(dim=0)
+    return torch.cat([mean, m2, total])
+
+
+def split_summary(summary: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """(mean, variance, sample count) of the BN branch from a summary vector."""
+    c = (summary.shape[0] - 1) // 2
+    count = summary[2 * c]
+    return summary[:c], summary[c : 2 * c] / count.clamp(min=1), count
+
+
+def batch_statistics_backward(
+    grads: Tensor, m: Tensor, mean_bn: Tensor, count: Tensor
+) -> Tuple[Tensor, Tensor]:
+    """Gradients of (m, v) of this process's samples from ``grads`` = [G_mean (C), G_var (C)],
+    the gradients of every process's loss with respect to the BN statistics (module docstring)."""
+    c = mean_bn.shape[0]
+    count = count.clamp(min=1)
+    grad_mean, grad_var = grads[:c] / count, grads[c:] / count
+    return grad_mean + 2.0 * grad_var * (m - mean_bn), grad_var.expand_as(m)
+
+
+# -- the mixer -----------------------------------------------------------------------------------
 
 
 def mix_forward(
@@ -57,63 +118,41 @@ def mix_forward(
     mean_bn: Optional[Tensor],
     var_bn: Optional[Tensor],
     eps: float,
-    local_bn: bool,
 ):
-    """The mixer's forward (module docstring). With ``local_bn`` the BN statistics are those of
-    the batch, computed from ``m`` and ``v``; otherwise ``mean_bn``/``var_bn`` are used as given
-    (the variance is clamped at 0; both None: no BN branch). Returns (scale, shift, mean_bn,
-    var_bn, saved), with the BN statistics used and the fields of ``MixerSaved`` as a tuple."""
+    """The mixer's forward (module docstring); ``mean_bn``/``var_bn`` are the BN statistics to
+    use (batch or running; both None: no BN branch; a negative given variance counts as 0).
+    Returns (scale, shift, saved), with the fields of ``MixerSaved`` as a tuple."""
     dtype = m.dtype
-    s = v + m * m
     mean_ln = m.mean(dim=1, keepdim=True)
-    var_ln_raw = s.mean(dim=1, keepdim=True) - mean_ln * mean_ln
+    var_ln = (v + (m - mean_ln).square()).mean(dim=1, keepdim=True)
     p = torch.softmax(mean_logits.to(dtype), dim=0)
     q = torch.softmax(var_logits.to(dtype), dim=0)
     mu = p[0] * m + p[1] * mean_ln
-    var = q[0] * v + q[1] * var_ln_raw.clamp(min=0)
-    var_bn_raw = var_bn
-    if local_bn:
-        mean_bn = m.mean(dim=0)
-        var_bn_raw = s.mean(dim=0) - mean_bn * mean_bn
+    var = q[0] * v + q[1] * var_ln
     if mean_bn is not None:
-        mean_bn, var_bn_raw = mean_bn.to(dtype), var_bn_raw.to(dtype)
-        var_bn = var_bn_raw.clamp(min=0)
+        mean_bn, var_bn = mean_bn.to(dtype), var_bn.to(dtype).clamp(min=0)
         mu = mu + p[2] * mean_bn
         var = var + q[2] * var_bn
     rstd = torch.rsqrt(var + eps)
     scale = weight.to(dtype) * rstd
     shift = bias.to(dtype) - mu * scale
-    saved = (m, v, weight, p, q, mean_ln, var_ln_raw, mean_bn, var_bn_raw, rstd, mu)
-    return scale, shift, mean_bn, var_bn, saved
+    saved = (m, v, weight, p, q, mean_ln, var_ln, mean_bn, var_bn, rstd, mu)
+    return scale, shift, saved
 
 
 def _softmax_backward(p: Tensor, grad_p: Tensor) -> Tensor:
     return p * (grad_p - (p * grad_p).sum())
 
 
-def batch_statistics(sums: Tensor, channels: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """(mean, variance before clamping, sample count) of the BN branch from the vector
-    [sum over samples of mean_in (C), of the second moments (C), sample count]."""
-    total = sums[2 * channels]
-    mean = sums[:channels] / total.clamp(min=1)
-    return mean, sums[channels : 2 * channels] / total.clamp(min=1) - mean * mean, total
-
-
-def batch_statistics_backward(grad_mean_bn, grad_var_bn, mean_bn, count):
-    """Gradients of (sum of m, sum of s) over ``count`` samples, given those of the BN statistics
-    mean_bn = sum(m) / count and var_bn (before clamping) = sum(s) / count - mean_bn^2."""
-    return (grad_mean_bn - 2.0 * mean_bn * grad_var_bn) / count, grad_var_bn / count
-
-
-def mix_backward(grad_scale: Tensor, grad_shift: Tensor, saved, local_bn: bool):
+def mix_backward(grad_scale: Tensor, grad_shift: Tensor, saved):
     """Gradients of ``mix_forward``'s (scale, shift) with respect to its inputs (m, v, weight,
     bias, mean_logits, var_logits, mean_bn, var_bn), given those of scale and shift; the last two
-    are None with ``local_bn`` (the BN statistics are then differentiated through m and v) or
-    without a BN branch. Gradients are in the statistics dtype (the caller casts)."""
-    m, v, weight, p, q, mean_ln, var_ln_raw, mean_bn, var_bn_raw, rstd, mu = saved
-    n, c = m.shape
+    are None without a BN branch. Gradients are in the statistics dtype (the caller casts). The
+    gradient of var_bn is that of the variance used: batch variances are never negative, and a
+    negative given one (counted as 0) is a running statistic, which takes no gradient."""
+    m, v, weight, p, q, mean_ln, var_ln, mean_bn, var_bn, rstd, mu = saved
+    c = m.shape[1]
     scale = weight.to(m.dtype) * rstd
-    var_ln = var_ln_raw.clamp(min=0)
 
     grad_bias = grad_shift.sum(dim=0)
     grad_mu = -grad_shift * scale
@@ -126,31 +165,21 @@ def mix_backward(grad_scale: Tensor, grad_shift: Tensor, saved, local_bn: bool):
     grad_p = [(grad_mu * m).sum(), (row_mu * mean_ln).sum()]
     grad_q = [(grad_var * v).sum(), (row_var * var_ln).sum()]
 
-    # LN statistics: d var_ln / d s = 1/C and d var_ln / d mean_ln = -2 mean_ln (unless clamped)
-    grad_var_ln = q[1] * row_var * (var_ln_raw > 0).to(m.dtype)
-    grad_mean_ln = p[1] * row_mu - 2.0 * mean_ln * grad_var_ln
-    grad_s = grad_var_ln / c
-    grad_m = p[0] * grad_mu + grad_mean_ln / c
-    grad_v = q[0] * grad_var
+    # LN statistics: d m_L / d m = 1/C; d v_L / d v = 1/C, d v_L / d m = 2 (m - m_L) / C
+    grad_mean_ln = p[1] * row_mu
+    grad_var_ln = q[1] * row_var
+    grad_m = p[0] * grad_mu + (grad_mean_ln + 2.0 * grad_var_ln * (m - mean_ln)) / c
+    grad_v = q[0] * grad_var + grad_var_ln / c
 
     grad_mean_bn = grad_var_bn = None
     if mean_bn is not None:
         col_mu = grad_mu.sum(dim=0)
         col_var = grad_var.sum(dim=0)
         grad_p.append((col_mu * mean_bn).sum())
-        grad_q.append((col_var * var_bn_raw.clamp(min=0)).sum())
+        grad_q.append((col_var * var_bn).sum())
         grad_mean_bn = p[2] * col_mu
-        grad_var_bn = q[2] * col_var * (var_bn_raw > 0).to(m.dtype)
-        if local_bn:
-            grad_sum_mean, grad_sum_second = batch_statistics_backward(
-                grad_mean_bn, grad_var_bn, mean_bn, n
-            )
-            grad_m = grad_m + grad_sum_mean
-            grad_s = grad_s + grad_sum_second
-            grad_mean_bn = grad_var_bn = None
+        grad_var_bn = q[2] * col_var
 
-    grad_m = grad_m + 2.0 * m * grad_s  # s = v + m^2
-    grad_v = grad_v + grad_s
     grad_mean_logits = _softmax_backward(p, torch.stack(grad_p))
     grad_var_logits = _softmax_backward(q, torch.stack(grad_q))
     return (
@@ -159,19 +188,25 @@ def mix_backward(grad_scale: Tensor, grad_shift: Tensor, saved, local_bn: bool):
     )
 
 
-def compile_mode() -> str:
-    """The value of ``SN_DETECTION_COMPILE_MIXER``: "auto" (the default: compile on CUDA, where
-    the mixer is launch-bound), "1" (compile everywhere, e.g. to test it on CPU) or "0" (never)."""
-    mode = os.environ.get(COMPILE_ENV, "auto").strip().lower()
-    if mode not in ("auto", "0", "1"):
-        raise ValueError(f"{COMPILE_ENV}={mode!r}: expected one of 'auto', '0', '1'")
-    return mode
+# -- compilation ---------------------------------------------------------------------------------
+
+
+def _close(a, b) -> bool:
+    """Whether two results (tensors, tuples of tensors or None) agree to compilation noise."""
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if a is None or b is None:
+        return a is b
+    tol = 1e-9 if a.dtype == torch.float64 else 1e-4
+    return a.shape == b.shape and torch.allclose(a, b, rtol=tol, atol=tol)
 
 
 class _Compiled:
-    """``fn`` run through ``torch.compile`` where ``compile_mode`` asks for it, else eagerly.
+    """``fn`` run through ``torch.compile`` where ``kernels.compiles_mixer_on`` says so, else
+    eagerly.
 
-    The first failure of the compiled function (other than running out of memory) warns and
+    The first compiled call on each device and dtype is checked against the eager function. A
+    failure of the compiled function (other than running out of memory) or a mismatch warns and
     switches to eager for good; the eager call then raises the error again if it was not a
     compilation problem."""
 
@@ -179,10 +214,10 @@ class _Compiled:
         self.fn = fn
         self.compiled = None
         self.failed = False
+        self.checked = set()  # (device, dtype) where the compiled function matched the eager one
 
     def __call__(self, first: Tensor, *args):
-        mode = compile_mode()
-        if self.failed or mode == "0" or (mode == "auto" and first.device.type != "cuda"):
+        if self.failed or not compiles_mixer_on(first.device):
             return self.fn(first, *args)
         if self.compiled is None:
             self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
@@ -190,19 +225,28 @@ class _Compiled:
         # code to each channel count (and hit the recompilation limit): pass plain tensors
         args = [a.detach() if isinstance(a, torch.nn.Parameter) else a for a in args]
         try:
-            return self.compiled(first, *args)
+            out = self.compiled(first, *args)
         except torch.OutOfMemoryError:
             raise  # not a compilation problem: keep compiling next time
         except Exception as e:  # noqa: BLE001 - any compiler failure falls back to eager
-            self.failed = True
-            warnings.warn(
-                f"torch.compile of SN's {self.fn.__name__} failed ({type(e).__name__}: {e}); "
-                f"SN runs it eagerly from now on (set {COMPILE_ENV}=0 to skip compiling)"
-            )
-            return self.fn(first, *args)
+            return self._fall_back(f"failed ({type(e).__name__}: {e})", first, args)
+        key = (str(first.device), first.dtype)
+        if key not in self.checked:
+            if not _close(out, self.fn(first, *args)):
+                return self._fall_back(f"differs from the eager function on {key}", first, args)
+            self.checked.add(key)
+        return out
+
+    def _fall_back(self, problem: str, first: Tensor, args):
+        self.failed = True
+        warnings.warn(
+            f"torch.compile of SN's {self.fn.__name__} {problem}; SN runs it eagerly from now on "
+            f"(set {COMPILE_ENV}=0 to skip compiling)"
+        )
+        return self.fn(first, *args)
 
 
+compiled_batch_summary = _Compiled(batch_summary)
+compiled_batch_statistics_backward = _Compiled(batch_statistics_backward)
 compiled_mix_forward = _Compiled(mix_forward)
 compiled_mix_backward = _Compiled(mix_backward)
-
-

@@ -46,7 +46,7 @@ def get_norm(norm: NormSpec, out_channels: int, **sn_options: Any) -> Optional[n
         norm: "" or None for no norm; a name from :func:`valid_norm_names`; or a callable
             ``channels -> nn.Module``.
         sn_options: keyword arguments for the norms registered here (SN: eps, momentum,
-            using_moving_average, using_bn, last_gamma); detectron2's norms ignore them.
+            using_moving_average, using_bn); detectron2's norms ignore them.
     Raises:
         ValueError: for an unknown name, listing the valid ones.
     """

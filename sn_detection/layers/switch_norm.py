@@ -1,4 +1,5 @@
-"""Switchable Normalization (Luo et al., ICLR 2019) for 4-D feature maps."""
+"""Switchable Normalization (Luo et al., ICLR 2019) for 4-D feature maps: the trainable layer and
+its frozen form."""
 from typing import Dict
 
 import torch
@@ -7,42 +8,104 @@ from torch import Tensor, nn
 from .switch_norm_function import LOCAL_BATCH, BatchNormSource, switch_norm
 
 BRANCHES = ("IN", "LN", "BN")
+TENSOR_NAMES = ("weight", "bias", "mean_weight", "var_weight", "running_mean", "running_var")
 
 
-def _empty_output(x: Tensor, module: nn.Module) -> Tensor:
-    """An empty output that still depends on every parameter, so autograd and DDP stay happy."""
-    y = x * module.weight.view(1, -1, 1, 1) + module.bias.view(1, -1, 1, 1)
-    return y + 0.0 * (module.mean_weight.sum() + module.var_weight.sum())
-
-
-def _check_input(x: Tensor, num_features: int, name: str) -> None:
-    if x.dim() != 4:
-        raise ValueError(f"{name} expects a 4-D (N, C, H, W) input, got shape {tuple(x.shape)}")
-    if x.shape[1] != num_features:
-        raise ValueError(
-            f"{name} was built for {num_features} channels but the input has {x.shape[1]} "
-            f"(shape {tuple(x.shape)})"
-        )
-
-
-def _load_official_layout(state_dict: dict, prefix: str, num_features: int, version) -> None:
-    """Checkpoints before version 2 (the official code) store weight/bias as (1, C, 1, 1) and
-    running statistics as (1, C, 1): flatten them to (C,)."""
-    if version is not None and version >= 2:
-        return
+def _flatten_official_layout(state_dict: dict, prefix: str, num_features: int) -> None:
+    """The official code stores weight/bias as (1, C, 1, 1) and running statistics as (1, C, 1):
+    flatten them to (C,)."""
     for key in ("weight", "bias", "running_mean", "running_var"):
         t = state_dict.get(prefix + key)
         if t is not None and t.dim() > 1 and t.numel() == num_features:
             state_dict[prefix + key] = t.reshape(num_features)
 
 
-class SwitchNorm2d(nn.Module):
+class _SwitchNormBase(nn.Module):
+    """What SwitchNorm2d and FrozenSwitchNorm2d share: the input checks, the empty-input rule, the
+    state-dict versions, ``importance()`` and the forward skeleton. Subclasses hold ``weight``,
+    ``bias``, ``mean_weight``, ``var_weight`` (and ``running_mean``/``running_var`` with the BN
+    branch) as parameters or buffers, and say where the BN branch takes its statistics from."""
+
+    # 2: weight/bias/running statistics are (C,); 3: SwitchNorm2d saves ``num_batches``
+    _version = 3
+
+    def __init__(self, num_features: int, eps: float, using_bn: bool):
+        super().__init__()
+        if not isinstance(num_features, int) or num_features <= 0:
+            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive (e.g. 1e-5), got {eps}")
+        self.num_features = num_features
+        self.eps = eps
+        self.using_bn = using_bn
+
+    def _check_input(self, x: Tensor) -> None:
+        name = type(self).__name__
+        if x.dim() != 4:
+            raise ValueError(f"{name} expects a 4-D (N, C, H, W) input, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{name} was built for {self.num_features} channels but the input has "
+                f"{x.shape[1]} (shape {tuple(x.shape)})"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"{name} expects a floating-point input, got {x.dtype}")
+
+    def _empty_output(self, x: Tensor) -> Tensor:
+        """The output for an input with no element (N = 0 or H*W = 0): empty, and still dependent
+        on every parameter, so autograd and DDP stay happy."""
+        y = x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y + 0.0 * (self.mean_weight.sum() + self.var_weight.sum())
+
+    def _bn_source(self) -> BatchNormSource:
+        """Where the BN branch takes its statistics from in this forward."""
+        raise NotImplementedError
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        y, batch_stats = switch_norm(
+            x, self.weight, self.bias, self.mean_weight, self.var_weight,
+            eps=self.eps, bn=self._bn_source() if self.using_bn else None,
+        )
+        if batch_stats is not None:
+            self._update_running_stats(*batch_stats)
+        return y
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        if x.numel() == 0:
+            return self._empty_output(x)
+        return self._normalize(x)
+
+    def _update_running_stats(self, mean_bn: Tensor, var_bn: Tensor, count: Tensor) -> None:
+        raise NotImplementedError
+
+    def importance(self) -> Dict[str, Dict[str, float]]:
+        """The current mixture weights (softmax of the logits), e.g. {"mean": {"IN": 0.2, ...},
+        "var": {...}}; no "BN" entry without the BN branch."""
+        return {
+            kind: dict(zip(BRANCHES, torch.softmax(logits.detach().float(), 0).tolist()))
+            for kind, logits in (("mean", self.mean_weight), ("var", self.var_weight))
+        }
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        version = local_metadata.get("version")
+        if version is None or version < 2:
+            _flatten_official_layout(state_dict, prefix, self.num_features)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+class SwitchNorm2d(_SwitchNormBase):
     """Switchable Normalization over (N, C, H, W) inputs.
 
     Normalises with a learned, softmax-weighted mixture of instance (IN, per sample and channel),
     layer (LN, per sample) and batch (BN, per channel) statistics, all derived from one set of
-    per-(n, c) moments (the official semantics: the IN variance is unbiased, and the LN/BN variances
-    are E[var_in + mean_in^2] - mean^2). ``mean_weight`` and ``var_weight`` hold the mixture
+    per-(n, c) moments (the official semantics: the IN variance is unbiased, and the LN/BN
+    variances are those of the union of the planes, E[var_in + mean_in^2] - mean^2, computed here
+    without cancellation; see ``mixer.py``). ``mean_weight`` and ``var_weight`` hold the mixture
     logits in the order (IN, LN, BN), or (IN, LN) with ``using_bn=False``. In eval mode the BN
     branch uses the running statistics, so outputs do not depend on the eval batch size.
 
@@ -53,18 +116,17 @@ class SwitchNorm2d(nn.Module):
     batches, and forgets the zero (or ImageNet) initial statistics within a few hundred
     iterations, so it serves training from scratch and fine-tuning alike.
     With ``using_moving_average=False`` the running statistics are instead the plain average of all
-    batches since construction, loading or ``reset_running_stats()`` (the official "batch average",
-    for a dedicated statistics pass).
+    batches since construction or ``reset_running_stats()`` (the official "batch average", for a
+    dedicated statistics pass); the count of batches (``num_batches``) is saved with the model,
+    so the average continues after a reload.
 
     Caveats, where the official code gives NaN: a single spatial element (H*W = 1) has IN variance
-    0; cancelled variances are clamped at 0; an empty batch (N = 0) returns an empty output that
-    keeps autograd connected and leaves the running statistics untouched. Under autocast the
-    statistics are float32 and the output keeps the input's dtype.
+    0; an input with no element (N = 0 or H*W = 0) returns an empty output that keeps autograd
+    connected and leaves the running statistics untouched. Under autocast the statistics are
+    float32 and the output keeps the input's dtype. Double backward is refused with an error.
+    To start a layer as the identity of a residual block, zero its ``weight``
+    (``sn_detection.modeling.zero_init_last_switchnorm``, ``MODEL.SN.LAST_GAMMA``).
     """
-
-    _version = 2
-    # False selects the plain PyTorch kernels even where faster ones are registered
-    use_fast_kernels = True
 
     def __init__(
         self,
@@ -73,28 +135,22 @@ class SwitchNorm2d(nn.Module):
         momentum: float = 0.01,
         using_moving_average: bool = True,
         using_bn: bool = True,
-        last_gamma: bool = False,
     ):
-        super().__init__()
+        super().__init__(num_features, eps, using_bn)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1] (PyTorch convention), got {momentum}")
-        self.num_features = num_features
-        self.eps = eps
         self.momentum = momentum
         self.using_moving_average = using_moving_average
-        self.using_bn = using_bn
-        self.last_gamma = last_gamma
         num_branches = 3 if using_bn else 2
-        self.weight = nn.Parameter(torch.empty(num_features))
-        self.bias = nn.Parameter(torch.empty(num_features))
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
         self.mean_weight = nn.Parameter(torch.ones(num_branches))
         self.var_weight = nn.Parameter(torch.ones(num_branches))
         if using_bn:
             self.register_buffer("running_mean", torch.zeros(num_features))
             self.register_buffer("running_var", torch.zeros(num_features))
-            # batches averaged so far, for using_moving_average=False; not saved
-            self.register_buffer("num_batches", torch.zeros((), dtype=torch.long), persistent=False)
-        self.reset_parameters()
+            # batches averaged so far, for using_moving_average=False
+            self.register_buffer("num_batches", torch.zeros((), dtype=torch.long))
 
     def reset_running_stats(self) -> None:
         if self.using_bn:
@@ -104,38 +160,15 @@ class SwitchNorm2d(nn.Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        nn.init.constant_(self.weight, 0.0 if self.last_gamma else 1.0)
+        nn.init.ones_(self.weight)
         nn.init.zeros_(self.bias)
         nn.init.ones_(self.mean_weight)
         nn.init.ones_(self.var_weight)
 
-    def _batch_statistics_source(self) -> BatchNormSource:
-        """Where the BN branch gets its statistics in training (``switch_norm``'s ``bn``): this
-        process's batch; SyncSwitchNorm2d returns a sum over all processes."""
-        return LOCAL_BATCH
-
-    def _has_local_work(self, x: Tensor) -> bool:
-        """Whether forward must run the full computation (an empty batch can skip it)."""
-        return x.shape[0] > 0
-
-    def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.num_features, type(self).__name__)
-        if not self._has_local_work(x):
-            return _empty_output(x, self)
-        bn = None
-        if self.using_bn:
-            bn = (
-                self._batch_statistics_source()
-                if self.training
-                else (self.running_mean, self.running_var)
-            )
-        y, batch_stats = switch_norm(
-            x, self.weight, self.bias, self.mean_weight, self.var_weight,
-            eps=self.eps, bn=bn, use_fast_kernels=self.use_fast_kernels,
-        )
-        if batch_stats is not None:
-            self._update_running_stats(*batch_stats)
-        return y
+    def _bn_source(self) -> BatchNormSource:
+        """In training this process's batch (SyncSwitchNorm2d: every process's batch); in eval
+        mode the running statistics."""
+        return LOCAL_BATCH if self.training else (self.running_mean, self.running_var)
 
     @torch.no_grad()
     def _update_running_stats(self, mean_bn: Tensor, var_bn: Tensor, count: Tensor) -> None:
@@ -148,45 +181,36 @@ class SwitchNorm2d(nn.Module):
         self.running_mean.lerp_(mean_bn.to(self.running_mean.dtype), rate)
         self.running_var.lerp_(var_bn.to(self.running_var.dtype), rate)
 
-    def importance(self) -> Dict[str, Dict[str, float]]:
-        """The current mixture weights (softmax of the logits), e.g. {"mean": {"IN": 0.2, ...}}."""
-        return {
-            kind: dict(zip(BRANCHES, torch.softmax(logits.detach().float(), 0).tolist()))
-            for kind, logits in (("mean", self.mean_weight), ("var", self.var_weight))
-        }
-
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"using_moving_average={self.using_moving_average}, using_bn={self.using_bn}, "
-            f"last_gamma={self.last_gamma}"
+            f"using_moving_average={self.using_moving_average}, using_bn={self.using_bn}"
         )
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        _load_official_layout(state_dict, prefix, self.num_features, local_metadata.get("version"))
+        version = local_metadata.get("version")
+        if self.using_bn and (version is None or version < 3):
+            # checkpoints before version 3 (and the official ones) have no batch count: keep ours
+            state_dict.setdefault(prefix + "num_batches", self.num_batches.clone())
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
 
-class FrozenSwitchNorm2d(nn.Module):
+class FrozenSwitchNorm2d(_SwitchNormBase):
     """Switchable Normalization with every parameter and statistic fixed.
 
     Holds the same tensors as :class:`SwitchNorm2d` as buffers. The BN branch always uses the
     running statistics; the IN and LN statistics are still computed from each sample, so this
     equals ``SwitchNorm2d`` in eval mode, in train mode too. Gradients still flow to the input.
-    Used for the stages that ``MODEL.BACKBONE.FREEZE_AT`` freezes.
+    Used for the stages that ``MODEL.BACKBONE.FREEZE_AT`` freezes. Loads SwitchNorm2d state dicts
+    (their batch count ``num_batches`` is ignored).
     """
 
-    _version = 2
-
     def __init__(self, num_features: int, eps: float = 1e-5, using_bn: bool = True):
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.using_bn = using_bn
+        super().__init__(num_features, eps, using_bn)
         num_branches = 3 if using_bn else 2
         self.register_buffer("weight", torch.ones(num_features))
         self.register_buffer("bias", torch.zeros(num_features))
@@ -196,16 +220,8 @@ class FrozenSwitchNorm2d(nn.Module):
             self.register_buffer("running_mean", torch.zeros(num_features))
             self.register_buffer("running_var", torch.ones(num_features))
 
-    def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.num_features, type(self).__name__)
-        if x.shape[0] == 0:
-            return _empty_output(x, self)
-        bn = (self.running_mean, self.running_var) if self.using_bn else None
-        y, _ = switch_norm(
-            x, self.weight, self.bias, self.mean_weight, self.var_weight,
-            eps=self.eps, bn=bn, use_fast_kernels=SwitchNorm2d.use_fast_kernels,
-        )
-        return y
+    def _bn_source(self) -> BatchNormSource:
+        return (self.running_mean, self.running_var)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, using_bn={self.using_bn}"
@@ -213,7 +229,7 @@ class FrozenSwitchNorm2d(nn.Module):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        _load_official_layout(state_dict, prefix, self.num_features, local_metadata.get("version"))
+        state_dict.pop(prefix + "num_batches", None)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -225,11 +241,9 @@ class FrozenSwitchNorm2d(nn.Module):
         if isinstance(module, SwitchNorm2d):
             frozen = cls(module.num_features, module.eps, module.using_bn)
             with torch.no_grad():
-                for name in ("weight", "bias", "mean_weight", "var_weight"):
-                    getattr(frozen, name).copy_(getattr(module, name))
-                if module.using_bn:
-                    frozen.running_mean.copy_(module.running_mean)
-                    frozen.running_var.copy_(module.running_var)
+                for name in TENSOR_NAMES:
+                    if hasattr(frozen, name):
+                        getattr(frozen, name).copy_(getattr(module, name))
             return frozen.to(module.weight.device)
         for name, child in module.named_children():
             new_child = cls.convert_frozen_switchnorm(child)

@@ -1,7 +1,7 @@
 """Triton kernels for the four full-size passes of SN on CUDA (``SNKernels`` "cuda-triton").
 
-Registered for "cuda" on ``import sn_detection`` when triton imports and a GPU is present; without
-either nothing is registered and SN runs on the plain PyTorch kernels. Inputs: contiguous
+``kernels.py`` registers them for "cuda" (``default_kernels``) when triton imports and a GPU is
+present; without either SN runs on the plain PyTorch kernels. Inputs: contiguous
 (N, C, H, W) float32/bfloat16/float16 (statistics and arithmetic in float32, outputs in x's dtype)
 or float64 (all float64). ``supports`` says False for anything else, so the plain path takes over.
 
@@ -46,7 +46,7 @@ from typing import Iterable, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .switch_norm_function import SNKernels, register_kernels, stats_dtype
+from .kernels import SNKernels, stats_dtype
 
 try:
     import triton
@@ -357,8 +357,8 @@ def make_triton_kernels(
 ) -> SNKernels:
     """The Triton ``SNKernels`` for tensors on ``device_types``, launched as ``config`` says.
 
-    The result is not registered (importing this module registers ``TRITON_KERNELS``, the
-    default "cuda" object, when a GPU is present). Tests get kernels for CPU tensors with
+    The result is not registered (``kernels.py`` registers ``default_kernels()`` for "cuda").
+    Tests get kernels for CPU tensors with
     ``make_triton_kernels(("cpu",), small_config)`` in a process started with
     ``TRITON_INTERPRET=1`` (read when this module is imported): device types other than "cuda"
     need the interpreter.
@@ -402,8 +402,14 @@ def make_triton_kernels(
     )
 
 
-TRITON_KERNELS: Optional[SNKernels] = None
-# interpreted kernels would be correct on GPU tensors but far slower than the plain ones
-if triton is not None and not _interpreted() and torch.cuda.is_available():
-    TRITON_KERNELS = make_triton_kernels(("cuda",))
-    register_kernels("cuda", TRITON_KERNELS)
+_DEFAULT: list = []
+
+
+def default_kernels() -> Optional[SNKernels]:
+    """The Triton kernels for "cuda" with the default launch sizes when triton imports (compiled,
+    not interpreted) and a GPU is present, else None; made once. ``kernels.py`` registers them."""
+    if not _DEFAULT:
+        # interpreted kernels would be correct on GPU tensors but far slower than the plain ones
+        usable = triton is not None and not _interpreted() and torch.cuda.is_available()
+        _DEFAULT.append(make_triton_kernels(("cuda",)) if usable else None)
+    return _DEFAULT[0]

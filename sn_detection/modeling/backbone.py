@@ -49,7 +49,6 @@ def zero_init_last_switchnorm(resnet: ResNet) -> None:
             else:
                 last = getattr(block, "norm3", None)  # resnet_v2.PreActBottleneckBlock
             if isinstance(last, SwitchNorm2d):
-                last.last_gamma = True
                 nn.init.zeros_(last.weight)
 
 

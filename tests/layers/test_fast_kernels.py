@@ -8,9 +8,9 @@ from sn_detection.testing import forward_backward, gradcheck_layer, random_sn, r
 
 pytest.importorskip("sn_detection._C", reason="the C++ kernels are not built (run `make setup`)")
 
-from sn_detection.layers import select_kernels  # noqa: E402
+from sn_detection.layers import kernels, select_kernels  # noqa: E402
 from sn_detection.layers.cpu_kernels import CPU_KERNELS  # noqa: E402
-from sn_detection.layers.switch_norm_function import PLAIN_KERNELS  # noqa: E402
+from sn_detection.layers.kernels import PLAIN_KERNELS  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64]
 # (N, C, H, W): odd sizes (vector tails), H*W = 1, an empty batch, small and multi-chunk planes
@@ -29,7 +29,8 @@ def _planes(shape, dtype, seed=0):
 def test_registered_for_cpu_float_contiguous_only():
     assert select_kernels(torch.zeros(2, 3, 4, 4)) is CPU_KERNELS
     assert select_kernels(torch.zeros(2, 3, 4, 4, dtype=torch.float64)) is CPU_KERNELS
-    assert select_kernels(torch.zeros(2, 3, 4, 4), use_fast=False) is PLAIN_KERNELS
+    with kernels.fast_kernels(False):
+        assert select_kernels(torch.zeros(2, 3, 4, 4)) is PLAIN_KERNELS
     assert select_kernels(torch.zeros(2, 3, 4, 4, dtype=torch.bfloat16)) is PLAIN_KERNELS
     channels_last = torch.zeros(2, 3, 4, 4).to(memory_format=torch.channels_last)
     assert select_kernels(channels_last) is PLAIN_KERNELS
@@ -141,8 +142,7 @@ def test_layer_fast_equals_plain_and_reference(training, using_bn, dtype):
 
 
 def test_layer_with_large_mean_offset_is_as_accurate_as_plain_kernels():
-    # in float32 the mixer's E[x^2] - E[x]^2 loses digits for mean >> std whatever the kernels;
-    # the fast kernels must not add error of their own
+    # the fast kernels must not add error of their own where a mean is far above the spread
     m = random_sn(4, True, torch.float32)
     x = 1000 + torch.randn(2, 4, 16, 16)
     dy = torch.randn_like(x)

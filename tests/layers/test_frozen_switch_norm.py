@@ -49,9 +49,18 @@ def test_frozen_has_no_parameters_passes_input_gradient_and_keeps_stats():
 def test_frozen_state_dict_matches_sn_state_dict():
     sn = _trained_sn(4)
     frozen = FrozenSwitchNorm2d(4)
-    frozen.load_state_dict(sn.state_dict())
-    for k, v in sn.state_dict().items():
-        assert torch.equal(frozen.state_dict()[k], v)
+    frozen.load_state_dict(sn.state_dict())  # strict: SN's batch count is accepted and ignored
+    sn_state = sn.state_dict()
+    assert set(sn_state) - set(frozen.state_dict()) == {"num_batches"}
+    for k, v in frozen.state_dict().items():
+        assert torch.equal(sn_state[k], v)
+
+
+def test_frozen_layer_reports_the_importance_it_was_frozen_with():
+    sn = _trained_sn(4)
+    frozen = FrozenSwitchNorm2d.convert_frozen_switchnorm(_copy(sn))
+    assert frozen.importance() == sn.importance()
+    assert set(frozen.importance()["var"]) == {"IN", "LN", "BN"}
 
 
 def _copy(m):

@@ -7,27 +7,39 @@ import sys
 import pytest
 import torch
 
-from sn_detection.layers import mixer
-from sn_detection.layers.mixer import COMPILE_ENV, compile_mode, mix_backward, mix_forward
+from sn_detection.layers import kernels, mixer
+from sn_detection.layers.kernels import COMPILE_ENV
+from sn_detection.layers.mixer import mix_backward, mix_forward
 
 EPS = 1e-5
 
 
 def plain_mix(m, v, weight, bias, mean_logits, var_logits, bn):
     """SN's mixture as a direct transcription of the formulas, differentiated by autograd.
-    ``bn``: None, "local" (this batch) or (mean, variance before clamping)."""
-    s = v + m * m
+    ``bn``: None, "batch" (this batch's statistics) or (mean, variance) given."""
     mean_ln = m.mean(1, keepdim=True)
-    var_ln = (s.mean(1, keepdim=True) - mean_ln**2).clamp(min=0)
+    var_ln = v.mean(1, keepdim=True) + ((m - mean_ln) ** 2).mean(1, keepdim=True)
     p, q = torch.softmax(mean_logits, 0), torch.softmax(var_logits, 0)
     mu = p[0] * m + p[1] * mean_ln
     var = q[0] * v + q[1] * var_ln
-    if bn == "local":
+    if bn == "batch":
         mean_bn = m.mean(0)
-        bn = (mean_bn, s.mean(0) - mean_bn**2)
+        bn = (mean_bn, v.mean(0) + ((m - mean_bn) ** 2).mean(0))
     if bn is not None:
         mu = mu + p[2] * bn[0]
-        var = var + q[2] * bn[1].clamp(min=0)
+        var = var + q[2] * bn[1]
+    scale = weight / torch.sqrt(var + EPS)
+    return scale, bias - mu * scale
+
+
+def official_mix(m, v, weight, bias, mean_logits, var_logits):
+    """The official code's formulas (batch statistics), E[v + m^2] - mean^2, for float64 checks."""
+    s = v + m * m
+    mean_ln, mean_bn = m.mean(1, keepdim=True), m.mean(0)
+    var_ln, var_bn = s.mean(1, keepdim=True) - mean_ln**2, s.mean(0) - mean_bn**2
+    p, q = torch.softmax(mean_logits, 0), torch.softmax(var_logits, 0)
+    mu = p[0] * m + p[1] * mean_ln + p[2] * mean_bn
+    var = q[0] * v + q[1] * var_ln + q[2] * var_bn
     scale = weight / torch.sqrt(var + EPS)
     return scale, bias - mu * scale
 
@@ -46,29 +58,37 @@ def _inputs(n, c, source, seed=0):
         torch.randn(branches, **f64),
     ]
     if source == "given":
-        # some given variances below 0 (they are clamped, as SyncSN's cancelled sums are)
-        ts += [torch.randn(c, **f64), torch.rand(c, **f64) - 0.3]
+        ts += [torch.randn(c, **f64), torch.rand(c, **f64) + 0.1]
     return [t.requires_grad_() for t in ts]
 
 
 def _ours(inputs, source, grad_scale, grad_shift):
+    """Our forward and backward, with the batch statistics (source "batch") through
+    batch_summary / split_summary / batch_statistics_backward as the layer runs them."""
     m, v, weight, bias, mean_logits, var_logits, *bn = inputs
     mean_bn, var_bn = bn if bn else (None, None)
     with torch.no_grad():
-        scale, shift, _, _, saved = mix_forward(
-            m, v, weight, bias, mean_logits, var_logits, mean_bn, var_bn, EPS, source == "local"
+        if source == "batch":
+            mean_bn, var_bn, count = mixer.split_summary(mixer.batch_summary(m, v))
+        scale, shift, saved = mix_forward(
+            m, v, weight, bias, mean_logits, var_logits, mean_bn, var_bn, EPS
         )
-        grads = mix_backward(grad_scale, grad_shift, saved, source == "local")
+        grads = list(mix_backward(grad_scale, grad_shift, saved))
+        if source == "batch":
+            more_m, more_v = mixer.batch_statistics_backward(
+                torch.cat(grads[6:]), m, mean_bn, count
+            )
+            grads = [grads[0] + more_m, grads[1] + more_v, *grads[2:6], None, None]
     return scale, shift, grads
 
 
-@pytest.mark.parametrize("source", ["none", "local", "given"])
-@pytest.mark.parametrize("clamped", [False, True])
-def test_forward_and_hand_derived_backward_match_autograd_of_the_formulas(source, clamped):
+@pytest.mark.parametrize("source", ["none", "batch", "given"])
+@pytest.mark.parametrize("degenerate", [False, True])
+def test_forward_and_hand_derived_backward_match_autograd_of_the_formulas(source, degenerate):
     n, c = 3, 5
     inputs = _inputs(n, c, source)
-    if clamped:
-        # every sample and channel identical: LN and BN variances cancel to about 0 and clamp
+    if degenerate:
+        # every sample and channel identical: LN and BN variances are exactly 0
         with torch.no_grad():
             inputs[0].fill_(1.7)
             inputs[1].zero_()
@@ -83,34 +103,65 @@ def test_forward_and_hand_derived_backward_match_autograd_of_the_formulas(source
     torch.testing.assert_close(shift, ref_shift.detach(), rtol=1e-12, atol=1e-12)
     if source != "given":
         assert grads[6] is None and grads[7] is None
-    largest = max(float(r.abs().max()) for r in ref_grads)  # ~1e7 where variances clamp to 0
+    largest = max(float(r.abs().max()) for r in ref_grads)  # ~1e7 where variances are 0
     for ours, ref in zip(grads, ref_grads):
         assert torch.isfinite(ours).all()
         torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-13 * largest + 1e-12)
 
 
-def test_batch_statistics_returned_are_those_used():
-    m, v, *params = (t.detach() for t in _inputs(4, 3, "local"))
-    _, _, mean_bn, var_bn, _ = mix_forward(m, v, *params, None, None, EPS, True)
-    torch.testing.assert_close(mean_bn, m.mean(0))
-    torch.testing.assert_close(var_bn, (v + m * m).mean(0) - m.mean(0) ** 2)
+def test_forward_equals_the_official_formulas_in_float64():
+    inputs = [t.detach() for t in _inputs(4, 6, "batch")]
+    zeros = torch.zeros(4, 6, dtype=torch.float64)
+    scale, shift, _ = _ours(inputs, "batch", zeros, zeros)
+    ref_scale, ref_shift = official_mix(*inputs)
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(shift, ref_shift, rtol=1e-12, atol=1e-12)
+
+
+def test_given_negative_variance_counts_as_zero():
+    m, v, *params = (t.detach() for t in _inputs(4, 3, "none"))
+    params[2:] = [torch.randn(3, dtype=torch.float64) for _ in range(2)]  # three branches
     f64 = dict(dtype=torch.float64)
-    given = (torch.zeros(3, **f64), torch.tensor([1.0, -2.0, 3.0], **f64))
-    _, _, mean_bn, var_bn, _ = mix_forward(m, v, *params, *given, EPS, False)
-    assert torch.equal(var_bn, torch.tensor([1.0, 0.0, 3.0], **f64))  # clamped at 0
+    mean_bn = torch.zeros(3, **f64)
+    _, _, saved = mix_forward(m, v, *params, mean_bn, torch.tensor([1.0, -2.0, 3.0], **f64), EPS)
+    assert torch.equal(saved[8], torch.tensor([1.0, 0.0, 3.0], **f64))
 
 
-def test_compile_mode_reads_the_environment(monkeypatch):
-    monkeypatch.delenv(COMPILE_ENV, raising=False)
-    assert compile_mode() == "auto"
-    monkeypatch.setenv(COMPILE_ENV, "0")
-    assert compile_mode() == "0"
-    monkeypatch.setenv(COMPILE_ENV, "yes")
+def test_summaries_of_parts_combine_into_the_summary_of_the_whole():
+    """Chan's combination is exact for any split, empty parts included, and without the
+    E[x^2] - E[x]^2 cancellation: a mean of 1e4 over a spread of 1 keeps its variance in float32."""
+    g = torch.Generator().manual_seed(0)
+    m = 1e4 + torch.randn(7, 5, generator=g, dtype=torch.float64)
+    v = torch.rand(7, 5, generator=g, dtype=torch.float64)
+    whole = mixer.batch_summary(m, v)
+    parts = torch.stack([mixer.batch_summary(m[a:b], v[a:b]) for a, b in ((0, 2), (2, 2), (2, 7))])
+    torch.testing.assert_close(mixer.combine_summaries(parts), whole, rtol=1e-12, atol=1e-9)
+    mean, var, count = mixer.split_summary(whole)
+    torch.testing.assert_close(mean, m.mean(0))
+    torch.testing.assert_close(var, v.mean(0) + m.var(0, correction=0))
+    assert count.item() == 7
+    parts32 = torch.stack(
+        [mixer.batch_summary(m[a:b].float(), v[a:b].float()) for a, b in ((0, 3), (3, 7))]
+    )
+    _, var32, _ = mixer.split_summary(mixer.combine_summaries(parts32))
+    torch.testing.assert_close(var32.double(), var, rtol=1e-3, atol=1e-3)
+
+
+def test_set_compile_mixer_validates_the_mode():
     with pytest.raises(ValueError, match="'auto', '0', '1'"):
-        compile_mode()
+        kernels.set_compile_mixer("yes")
 
 
-def test_compilation_failure_warns_once_then_runs_eagerly(monkeypatch):
+@pytest.fixture
+def compile_mixer():
+    """Run the block with the mixer compiled on every device (mode "1"), then restore."""
+    before = kernels.compile_mixer_mode()
+    kernels.set_compile_mixer("1")
+    yield
+    kernels.set_compile_mixer(before)
+
+
+def test_compilation_failure_warns_once_then_runs_eagerly(monkeypatch, compile_mixer):
     calls = []
 
     def broken_compile(fn, **kwargs):
@@ -121,7 +172,6 @@ def test_compilation_failure_warns_once_then_runs_eagerly(monkeypatch):
         return compiled
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setenv(COMPILE_ENV, "1")
     doubled = mixer._Compiled(lambda t, k: t * k)
     x = torch.ones(2)
     with pytest.warns(UserWarning, match="no C compiler.*runs it eagerly"):
@@ -131,7 +181,7 @@ def test_compilation_failure_warns_once_then_runs_eagerly(monkeypatch):
     assert len(calls) == 1
 
 
-def test_out_of_memory_in_the_compiled_mixer_is_raised_not_a_fallback(monkeypatch):
+def test_out_of_memory_in_the_compiled_mixer_is_raised_not_a_fallback(monkeypatch, compile_mixer):
     def oom_compile(fn, **kwargs):
         def compiled(*args):
             raise torch.OutOfMemoryError("CUDA out of memory")
@@ -139,52 +189,75 @@ def test_out_of_memory_in_the_compiled_mixer_is_raised_not_a_fallback(monkeypatc
         return compiled
 
     monkeypatch.setattr(torch, "compile", oom_compile)
-    monkeypatch.setenv(COMPILE_ENV, "1")
     wrapped = mixer._Compiled(lambda t: t)
     with pytest.raises(torch.OutOfMemoryError):
         wrapped(torch.ones(1))
     assert not wrapped.failed
 
 
+def test_compiled_result_that_differs_from_eager_warns_and_falls_back(monkeypatch, compile_mixer):
+    """A miscompiled mixer (wrong numbers, no error) is caught by the first call's check."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: (lambda t: fn(t) + 1e-3))
+    wrapped = mixer._Compiled(lambda t: t * 2)
+    x = torch.ones(3)
+    with pytest.warns(UserWarning, match="differs from the eager function.*runs it eagerly"):
+        assert torch.equal(wrapped(x), 2 * x)
+    assert wrapped.failed
+
+
 def test_auto_mode_runs_eagerly_on_cpu(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: pytest.fail("compiled on CPU"))
-    monkeypatch.delenv(COMPILE_ENV, raising=False)
-    assert torch.equal(mixer._Compiled(lambda t: t + 1)(torch.zeros(1)), torch.ones(1))
+    before = kernels.compile_mixer_mode()
+    kernels.set_compile_mixer("auto")
+    try:
+        assert torch.equal(mixer._Compiled(lambda t: t + 1)(torch.zeros(1)), torch.ones(1))
+    finally:
+        kernels.set_compile_mixer(before)
 
 
 _COMPILED_CHECK = """
-import os
 import warnings
 import torch
-from sn_detection.layers import SwitchNorm2d
-from sn_detection.layers import mixer
+from torch._dynamo.utils import counters
+from sn_detection.layers import SwitchNorm2d, kernels, mixer
 
 warnings.simplefilter("error")  # a fallback to eager would warn: make it fail instead
 torch.manual_seed(0)
-for using_bn in (True, False):
-    for channels in (8, 16):  # parameters of other sizes: no recompilation per channel count
-        layer = SwitchNorm2d(channels, using_bn=using_bn).double()
-        with torch.no_grad():
-            layer.mean_weight.copy_(torch.randn(layer.mean_weight.shape))
-            layer.var_weight.copy_(torch.randn(layer.var_weight.shape))
-        for training in (True, False):  # batch statistics; running statistics
-            layer.train(training)
-            for n in (2, 3, 5):  # nor per batch size
-                x = torch.randn(n, channels, 4, 5, dtype=torch.float64, requires_grad=True)
-                g = torch.randn_like(x)
-                outs = []
-                for mode in ("1", "0"):  # compiled, eager
-                    os.environ[mixer.COMPILE_ENV] = mode
-                    y = layer(x)
-                    outs.append((y, *torch.autograd.grad(y, (x, *layer.parameters()), g)))
-                for a, b in zip(*outs):
-                    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
-for compiled in (mixer.compiled_mix_forward, mixer.compiled_mix_backward):
+
+
+def run(channel_counts, batch_sizes):
+    for using_bn in (True, False):
+        for channels in channel_counts:
+            layer = SwitchNorm2d(channels, using_bn=using_bn).double()
+            with torch.no_grad():
+                layer.mean_weight.copy_(torch.randn(layer.mean_weight.shape))
+                layer.var_weight.copy_(torch.randn(layer.var_weight.shape))
+            for training in (True, False):  # batch statistics; running statistics
+                layer.train(training)
+                for n in batch_sizes:
+                    x = torch.randn(n, channels, 4, 5, dtype=torch.float64, requires_grad=True)
+                    g = torch.randn_like(x)
+                    outs = []
+                    for mode in ("1", "0"):  # compiled, eager
+                        kernels.set_compile_mixer(mode)
+                        y = layer(x)
+                        outs.append((y, *torch.autograd.grad(y, (x, *layer.parameters()), g)))
+                    for a, b in zip(*outs):
+                        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+run((8, 16), (2, 3, 5))
+compiled_functions = (
+    mixer.compiled_mix_forward, mixer.compiled_mix_backward,
+    mixer.compiled_batch_summary, mixer.compiled_batch_statistics_backward,
+)
+for compiled in compiled_functions:
     assert compiled.compiled is not None and not compiled.failed
-# one graph per function and BN source (batch, running, none), whatever N and C
-from torch._dynamo.utils import counters
-assert counters["stats"]["unique_graphs"] == 6, dict(counters["stats"])
-print("compiled mixer ok")
+graphs = counters["stats"]["unique_graphs"]
+# other channel counts and batch sizes reuse the graphs: no recompilation per shape
+run((24, 40), (4, 7))
+assert counters["stats"]["unique_graphs"] == graphs, (graphs, dict(counters["stats"]))
+print("compiled mixer ok", graphs)
 """
 
 

@@ -27,10 +27,10 @@ from sn_detection.testing import forward_backward, gradcheck_layer, random_sn, r
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
 import sn_detection  # noqa: E402
+from sn_detection.layers import kernels as kernel_choice  # noqa: E402
 from sn_detection.layers import select_kernels  # noqa: E402
-from sn_detection.layers import switch_norm_function  # noqa: E402
 from sn_detection.layers import triton_kernels  # noqa: E402
-from sn_detection.layers.switch_norm_function import PLAIN_KERNELS  # noqa: E402
+from sn_detection.layers.kernels import PLAIN_KERNELS, stats_dtype  # noqa: E402
 from sn_detection.layers.triton_kernels import (  # noqa: E402
     DEFAULT_CONFIG,
     LaunchConfig,
@@ -133,7 +133,7 @@ def check_apply_matches_plain():
     for kernels, shape, dtype, case in _all_cases():
         with _case(**case):
             x = torch.randn(shape).to(dtype)
-            scale, shift = _coefficients(shape, switch_norm_function.stats_dtype(dtype), 2)
+            scale, shift = _coefficients(shape, stats_dtype(dtype), 2)
             y = kernels.apply(x, scale, shift)
             assert y.dtype == dtype and y.shape == shape
             torch.testing.assert_close(y, PLAIN_KERNELS.apply(x, scale, shift), **_out_tol(dtype))
@@ -157,7 +157,7 @@ def check_backward_apply_matches_plain():
     for kernels, shape, dtype, case in _all_cases():
         with _case(**case):
             x, dy = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
-            a, b, c = _coefficients(shape, switch_norm_function.stats_dtype(dtype), 3)
+            a, b, c = _coefficients(shape, stats_dtype(dtype), 3)
             dx = kernels.backward_apply(dy, x, a, b, c)
             assert dx.dtype == dtype and dx.shape == shape
             want = PLAIN_KERNELS.backward_apply(dy, x, a, b, c)
@@ -185,11 +185,11 @@ def check_backward_passes_take_float32_and_non_contiguous_dy():
 @contextlib.contextmanager
 def _registered_for_cpu(kernels):
     """SN layers use ``kernels`` for CPU tensors inside the block (in this child process only)."""
-    switch_norm_function.register_kernels("cpu", kernels)
+    kernel_choice.register_kernels("cpu", kernels)
     try:
         yield
     finally:
-        switch_norm_function.unregister_kernels("cpu", kernels)
+        kernel_choice.unregister_kernels("cpu", kernels)
 
 
 def check_layer_forward_backward_matches_plain_and_reference():
@@ -292,25 +292,25 @@ def test_under_interpreter(check, interpreter_report):
 def test_registered_for_cuda_only_when_a_gpu_is_present():
     if torch.cuda.is_available() and not triton_kernels._interpreted():
         x = torch.zeros(1, 1, 2, 2, device="cuda")
-        assert select_kernels(x) is triton_kernels.TRITON_KERNELS
+        assert select_kernels(x) is triton_kernels.default_kernels()
         assert select_kernels(x.to(memory_format=torch.channels_last)) is PLAIN_KERNELS
     else:
-        assert triton_kernels.TRITON_KERNELS is None
+        assert triton_kernels.default_kernels() is None
     assert not select_kernels(torch.zeros(1, 1, 2, 2)).name.startswith("triton")
 
 
 @pytest.mark.skipif(
-    not torch.cuda.is_available() or triton_kernels.TRITON_KERNELS is None,
+    not torch.cuda.is_available() or triton_kernels.default_kernels() is None,
     reason="needs a GPU (the compiled kernels)",
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("shape", [(2, 64, 100, 152), (512, 16, 14, 14), (3, 5, 1, 1)])
 def test_cuda_kernels_match_plain(shape, dtype):
     # few large planes (split into chunks), many small ones (several per tile), single elements
-    kernels = triton_kernels.TRITON_KERNELS
+    kernels = triton_kernels.default_kernels()
     x = (torch.randn(shape, device="cuda") * 2 + 3).to(dtype)
     dy = torch.randn(shape, device="cuda")  # float32 dy, whatever x's dtype
-    a, b, c = (t.cuda() for t in _coefficients(shape, switch_norm_function.stats_dtype(dtype), 3))
+    a, b, c = (t.cuda() for t in _coefficients(shape, stats_dtype(dtype), 3))
     tol, hw = _tol(dtype), shape[2] * shape[3]
     for got, want in zip(kernels.moments(x), PLAIN_KERNELS.moments(x)):
         torch.testing.assert_close(got, want, **tol)

@@ -84,7 +84,10 @@ def test_truncated_out_features_keep_the_next_preactivation_norm():
     assert resnet.stage_names == ("res2", "res3") and not hasattr(resnet, "norm_out")
     assert {k for k in resnet.state_dict() if k.startswith("res4")} == {
         f"res4.0.norm1.{p}"
-        for p in ("weight", "bias", "mean_weight", "var_weight", "running_mean", "running_var")
+        for p in (
+            "weight", "bias", "mean_weight", "var_weight", "running_mean", "running_var",
+            "num_batches",
+        )
     }
     with torch.no_grad():
         out, raw = resnet(X), raw_stage_outputs(resnet, X)
