@@ -5,11 +5,19 @@ Importing this package registers, with detectron2's registries, the backbones
 ``SNFastRCNNConvFCHead`` and ``SNMaskRCNNConvUpsampleHead``, and the datasets ``sn_shapes_train``
 and ``sn_shapes_val``.
 """
-from . import data  # noqa: F401  (imported for registration: the shapes datasets)
-from . import modeling  # noqa: F401  (imported for registration: backbones and RoI heads)
-from .config import add_sn_config
-from .layers import FrozenSwitchNorm2d, SwitchNorm2d, SyncSwitchNorm2d, get_norm
-from .solver import build_sn_optimizer
+import warnings
+
+# detectron2 0.7 applies torch.jit.script to a few helpers when its modules are first imported,
+# which torch 2.14 deprecates with a FutureWarning per helper: noise about detectron2, not about
+# anything a user of this package does. It is silenced for this import only (the user's warning
+# filters are left as they were; importing detectron2 directly still shows it).
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    from . import data  # noqa: F401  (imported for registration: the shapes datasets)
+    from . import modeling  # noqa: F401  (imported for registration: backbones and RoI heads)
+    from .config import add_sn_config
+    from .layers import FrozenSwitchNorm2d, SwitchNorm2d, SyncSwitchNorm2d, get_norm
+    from .solver import build_sn_optimizer
 
 __all__ = [
     "SwitchNorm2d",

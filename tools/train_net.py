@@ -116,8 +116,31 @@ def main(args):
     return trainer.train()
 
 
+def parse_args(argv=None):
+    """detectron2's arguments. Its parser hands everything after the first KEY to the config
+    overrides, so ``--resume`` or ``--eval-only`` written after them would reach yacs as a key
+    ("odd length" error): they are taken out of the overrides here; any other option there is an
+    error that says where it belongs."""
+    parser = default_argument_parser()
+    args = parser.parse_args(argv)
+    flags = {"--resume": "resume", "--eval-only": "eval_only"}
+    opts = []
+    for item in args.opts:
+        if item in flags:
+            setattr(args, flags[item], True)
+        elif item.startswith("--"):
+            parser.error(
+                f"{item} comes after the KEY VALUE config overrides; put it before them "
+                f"(e.g. tools/train_net.py --config-file CFG {item} ... MODEL.WEIGHTS PATH)"
+            )
+        else:
+            opts.append(item)
+    args.opts = opts
+    return args
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = parse_args()
     print("Command Line Args:", args)
     launch(
         main,

@@ -89,13 +89,35 @@ def test_trainer_init_still_mirrors_detectron2():
     arguments): when detectron2 changes it, this fails, and the copy must be brought up to date
     (then update DETECTRON2_INIT in tools/train_net.py)."""
     import hashlib
-    import importlib.util
     import inspect
 
     from detectron2.engine import DefaultTrainer
 
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools/train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = _train_net_module()
     source = inspect.getsource(DefaultTrainer.__init__)
     assert hashlib.sha256(source.encode()).hexdigest() == train_net.DETECTRON2_INIT, source
+
+
+def _train_net_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools/train_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resume_and_eval_only_may_follow_the_config_overrides():
+    parse_args = _train_net_module().parse_args
+    args = parse_args(["--config-file", "c.yaml", "MODEL.WEIGHTS", "w.pth", "--resume"])
+    assert args.resume and not args.eval_only and args.opts == ["MODEL.WEIGHTS", "w.pth"]
+    args = parse_args(["--config-file", "c.yaml", "OUTPUT_DIR", "o", "--eval-only"])
+    assert args.eval_only and args.opts == ["OUTPUT_DIR", "o"]
+
+
+def test_another_option_after_the_overrides_names_where_it_belongs(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        _train_net_module().parse_args(["--config-file", "c.yaml", "SEED", "1", "--num-gpus", "2"])
+    assert "--num-gpus comes after the KEY VALUE config overrides" in capsys.readouterr().err
