@@ -9,6 +9,8 @@ detectron2's model-zoo format (a pickle of numpy arrays, like detectron2's
 tools/convert-torchvision-to-d2.py), anything else with torch.save. Either way the keys are the
 model's exact names ("matching_heuristics": False) and the weights are checked, before writing,
 against the backbone they need. Prints the mapping and the config settings the weights need.
+OUTPUT's directory is checked before anything is read, and OUTPUT is replaced only once it is
+written in full: a failed write leaves any earlier file there intact.
 MODEL.WEIGHTS may also point at the original file: SNCheckpointer converts it in memory.
 """
 
@@ -29,7 +31,8 @@ from sn_detection.checkpoint import (
     fit_to_model,
     read_checkpoint,
 )
-from sn_detection.checkpoint.imagenet_sn import BACKBONE_NAMES, WIDTH_KEYS
+from sn_detection.checkpoint.official_layout import BACKBONE_NAMES, WIDTH_KEYS
+from sn_detection.utils.file_io import atomic_write, check_writable
 
 
 def check_against_backbone(conversion: Conversion) -> None:
@@ -50,13 +53,16 @@ def check_against_backbone(conversion: Conversion) -> None:
 
 
 def save(conversion: Conversion, path: str) -> None:
+    """Write the converted checkpoint to ``path`` atomically: .pkl as detectron2's model zoo
+    (numpy arrays), anything else with torch.save."""
     checkpoint = conversion.to_checkpoint()
     if path.endswith(".pkl"):
         checkpoint["model"] = {k: v.detach().cpu().numpy() for k, v in checkpoint["model"].items()}
-        with open(path, "wb") as f:
+    with atomic_write(path) as f:
+        if path.endswith(".pkl"):
             pickle.dump(checkpoint, f)
-    else:
-        torch.save(checkpoint, path)
+        else:
+            torch.save(checkpoint, f)
 
 
 def main(argv=None) -> int:
@@ -71,13 +77,19 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        check_writable(args.output)  # before any work is spent on the conversion
         conversion = convert_official(read_checkpoint(args.input), args.prefix, args.input)
         check_against_backbone(conversion)
-    except (CheckpointError, FileNotFoundError) as e:
+    except (CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(conversion.report())
-    save(conversion, args.output)
+    try:
+        save(conversion, args.output)
+    except OSError as e:
+        message = f"error: writing {args.output} failed ({e}); any file there is unchanged"
+        print(message, file=sys.stderr)
+        return 1
     print(f"wrote {args.output}: train with MODEL.WEIGHTS {args.output} and the settings above")
     return 0
 

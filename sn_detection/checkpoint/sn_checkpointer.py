@@ -1,22 +1,29 @@
-"""A DetectionCheckpointer that also initialises models from the ImageNet SN checkpoints."""
+"""A DetectionCheckpointer that reads files without running code and also initialises models from
+the ImageNet SN checkpoints."""
 
+import logging
 from typing import Any, Dict, Mapping
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .imagenet_sn import (
+from .errors import CheckpointError, sample_keys
+from .fitting import BOOKKEEPING, fit_to_model, sn_layers_from_scratch
+from .official_layout import (
     SN_IMAGENET_KEY,
-    CheckpointError,
     SNImageNetInfo,
-    _sample,
     convert_official,
     describe_foreign,
-    fit_to_model,
-    is_torch_file,
     official_state_dict,
-    read_checkpoint,
-    unreadable,
 )
+from .reading import is_torch_file, read_checkpoint, unreadable
+
+logger = logging.getLogger(__name__)
+
+
+def _as_dict(obj: Any, source: str) -> Mapping:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
 
 
 class SNCheckpointer(DetectionCheckpointer):
@@ -25,14 +32,20 @@ class SNCheckpointer(DetectionCheckpointer):
     - a released ImageNet SN checkpoint, as downloaded (recognised by its contents, whatever its
       name): converted in memory, with the report of tools/convert_sn_imagenet_to_d2.py logged;
     - a file written by tools/convert_sn_imagenet_to_d2.py (.pkl or .pth);
-    - a detectron2 checkpoint (model_final.pth, model zoo .pkl, resume): loaded exactly as by
-      DetectionCheckpointer.
+    - a detectron2 checkpoint (model_final.pth, model-zoo or Detectron .pkl, pycls .pyth,
+      resume): loaded as by DetectionCheckpointer.
+
+    Every file is read by :func:`read_checkpoint`, which never runs code: a pickle or torch file
+    that names anything but containers, numbers, strings, tensors and numpy arrays is refused.
+    Pickles are recognised by contents (any suffix), ``.pyth`` (pycls) by suffix, as detectron2.
 
     ImageNet SN weights load strictly: every parameter and buffer of the model's ResNet receives a
     tensor of its exact shape, or :class:`CheckpointError` names the mismatching keys and the
     setting to change (MODEL.BACKBONE.NAME, MODEL.RESNETS.DEPTH, MODEL.SN.USING_BN, ...). A file
     that cannot be read, or a classifier checkpoint of another architecture, or a checkpoint none
-    of whose tensors fit the model, raises a one-line CheckpointError.
+    of whose tensors fit the model, raises a one-line CheckpointError. A detectron2 checkpoint
+    without the model's SN layers (e.g. trained with GN or BN) loads as usual, and one warning
+    says how many SN layers start from scratch.
     """
 
     _source = ""
@@ -40,20 +53,45 @@ class SNCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename: str) -> Dict[str, Any]:
         self._source = filename
         try:
-            if filename.endswith(".pkl") and is_torch_file(filename):
-                # detectron2 decides by suffix; a torch.save file named .pkl is read as one
+            if not is_torch_file(filename):  # a pickle: detectron2/Detectron model zoo
+                return self._model_zoo_checkpoint(read_checkpoint(filename))
+            if filename.endswith(".pyth"):  # pycls (decided by suffix, as detectron2 does)
+                return self._pycls_checkpoint(read_checkpoint(filename))
+            if filename.endswith(".pkl"):  # detectron2 would read this torch.save file as a pickle
                 loaded = self._torch_load(filename)
                 return loaded if "model" in loaded else {"model": loaded}
-            return super()._load_file(filename)
+            return super()._load_file(filename)  # reads with _torch_load; handles URL queries
         except (CheckpointError, FileNotFoundError):
             raise
-        except Exception as e:  # noqa: BLE001 - .pkl/.pyth readers: any failure means unreadable
+        except Exception as e:  # noqa: BLE001 - any failure of the readers means unreadable
             raise unreadable(filename, e) from None
 
+    def _model_zoo_checkpoint(self, data: Any) -> Dict[str, Any]:
+        """DetectionCheckpointer's reading of a .pkl: detectron2's model-zoo format as it is;
+        Caffe2/Detectron blobs with name-matching heuristics."""
+        data = _as_dict(data, self._source)
+        if "model" in data and "__author__" in data:
+            self.logger.info(f"Reading a file from '{data['__author__']}'")
+            return dict(data)
+        if "blobs" in data:  # Detectron's detection models; its ImageNet models are bare
+            data = _as_dict(data["blobs"], self._source)
+        model = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": model, "__author__": "Caffe2", "matching_heuristics": True}
+
+    def _pycls_checkpoint(self, data: Any) -> Dict[str, Any]:
+        data = _as_dict(data, self._source)
+        if not isinstance(data.get("model_state"), Mapping):
+            raise CheckpointError(
+                f"Cannot load .pyth file {self._source}: pycls checkpoints must contain "
+                "'model_state'"
+            )
+        state = {
+            k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")
+        }
+        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+
     def _torch_load(self, f: str) -> Dict[str, Any]:
-        obj = read_checkpoint(f)
-        if not isinstance(obj, Mapping):
-            raise CheckpointError(f"{f} holds a {type(obj).__name__}, not a checkpoint dict")
+        obj = _as_dict(read_checkpoint(f), f)
         if official_state_dict(obj) is not None:
             conversion = convert_official(obj, source=f)
             self.logger.info("Converting in memory.\n" + conversion.report())
@@ -78,14 +116,10 @@ class SNCheckpointer(DetectionCheckpointer):
         if unused:
             self.logger.info(
                 f"{len(unused)} checkpoint tensors belong to stages this model does not build "
-                f"(MODEL.RESNETS.OUT_FEATURES) and are not used: {_sample(unused)}"
+                f"(MODEL.RESNETS.OUT_FEATURES) and are not used: {sample_keys(unused)}"
             )
         checkpoint["model"] = state
         incompatible = super()._load_model(checkpoint)
-        left = [k for k in incompatible.missing_keys if k.startswith(layout.prefix)]
-        left += [k for k, *_ in incompatible.incorrect_shapes] + incompatible.unexpected_keys
-        if left:  # fit_to_model checked this; never load half of a backbone in silence
-            raise CheckpointError(f"backbone tensors were not loaded: {_sample(left)}")
         self.logger.info(
             f"Loaded all {len(state)} parameters and buffers of '{layout.prefix}*' from "
             f"{SNImageNetInfo.from_dict(metadata).name}; other parts start from their init."
@@ -93,15 +127,25 @@ class SNCheckpointer(DetectionCheckpointer):
         return incompatible
 
     def _load_detectron2(self, checkpoint: Dict[str, Any]):
-        """DetectionCheckpointer's loading, plus an error when not one tensor fits the model."""
+        """DetectionCheckpointer's loading, plus an error when not one tensor fits the model and
+        a warning when SN layers start from scratch."""
         keys = list(checkpoint.get("model", {}))
         incompatible = super()._load_model(checkpoint)
         model_keys = set(self.model.state_dict())
-        loaded = model_keys - set(incompatible.missing_keys) - {"pixel_mean", "pixel_std"}
+        # not counted as loaded: the pixel statistics (config values) and the SN batch counts,
+        # which SwitchNorm2d fills in itself when a checkpoint has none
+        loaded = {
+            k
+            for k in model_keys - set(incompatible.missing_keys) - {"pixel_mean", "pixel_std"}
+            if k.rpartition(".")[2] not in BOOKKEEPING
+        }
         if keys and not loaded:
             raise CheckpointError(
                 f"None of the {len(keys)} tensors in {self._source} fit the model (checkpoint keys "
-                f"like {_sample(keys, 3)}; model keys like {_sample(model_keys, 3)}): it is a "
-                "checkpoint of another architecture"
+                f"like {sample_keys(keys, 3)}; model keys like {sample_keys(model_keys, 3)}): it "
+                "is a checkpoint of another architecture"
             )
+        summary = sn_layers_from_scratch(self.model, keys, incompatible.missing_keys, self._source)
+        if summary:
+            logger.warning(summary)
         return incompatible

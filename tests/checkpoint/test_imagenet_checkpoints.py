@@ -20,9 +20,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_model
 from torch import nn
 
-from sn_detection.testing import CONFIGS, REPO, load_config
 from sn_detection import add_sn_config
-from sn_detection.checkpoint.imagenet_sn import input_convention_warnings
 from sn_detection.checkpoint import (
     CheckpointError,
     SNCheckpointer,
@@ -30,7 +28,8 @@ from sn_detection.checkpoint import (
     inspect_state_dict,
     read_checkpoint,
 )
-from sn_detection.testing import switch_norm_reference
+from sn_detection.checkpoint.fitting import input_convention_warnings
+from sn_detection.testing import CONFIGS, REPO, load_config, switch_norm_reference
 
 STEM, PLANES = 16, 16  # narrow widths: stem 16, res2 64 out / 16 bottleneck
 INPUT = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -337,7 +336,8 @@ def test_tool_refuses_a_non_checkpoint_in_one_line(tmp_path, capsys):
     assert _tool_module().main([str(bad), str(tmp_path / "out.pkl")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: Cannot read checkpoint") and err.count("\n") == 1
-    assert "Unsupported operand" in err and not (tmp_path / "out.pkl").exists()
+    assert "not a PyTorch/detectron2 checkpoint" in err and "UnpicklingError" in err
+    assert not (tmp_path / "out.pkl").exists()
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,0 +1,233 @@
+"""Fitting checkpoint weights to a built model, and saying what did not fit.
+
+:func:`fit_to_model` checks a converted ImageNet SN state dict against the model's ResNet and
+names the config key to change when they disagree; :func:`input_convention_warnings` compares the
+model's input convention with the one the weights were trained with;
+:func:`sn_layers_from_scratch` summarises the SN layers a detectron2 checkpoint (e.g. a GN or BN
+one) leaves at their initial state.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+from detectron2.modeling.backbone import ResNet
+from detectron2.modeling.backbone.resnet import BottleneckBlock
+from torch import Tensor, nn
+
+from ..layers import FrozenSwitchNorm2d, SwitchNorm2d
+from ..modeling.resnet_v2 import ResNetV2
+from .errors import SHOWN, CheckpointError, natural_key, sample_keys
+from .official_layout import BACKBONE_NAMES, PIXEL_MEAN, PIXEL_STD, WIDTH_KEYS, SNImageNetInfo
+
+logger = logging.getLogger(__name__)
+
+_SN_STATE = ("mean_weight", "var_weight", "running_mean", "running_var")  # learnt by SN only
+# kept by the model itself, never taken from ImageNet weights: SwitchNorm2d's count of the
+# batches averaged so far (batch-average mode), which its loader fills in when absent
+BOOKKEEPING = ("num_batches",)
+
+
+def _shape(t) -> Tuple[int, ...]:
+    return tuple(t.shape)
+
+
+@dataclass
+class BackboneLayout:
+    """What the model's ResNet looks like, for comparing with a checkpoint."""
+
+    prefix: str  # of the ResNet in the model's state dict, e.g. "backbone.bottom_up."
+    resnet: ResNet
+    version: str
+    blocks: Tuple[int, ...]  # of the built stages
+    sn_using_bn: Optional[set]  # using_bn of its SN layers, None without SN layers
+    norm_types: List[str]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "BackboneLayout":
+        found = [(n, m) for n, m in model.named_modules() if isinstance(m, ResNet)]
+        if not found:
+            raise CheckpointError(
+                "ImageNet SN weights need a ResNet backbone: set MODEL.BACKBONE.NAME to one of "
+                f"{', '.join(n for names in BACKBONE_NAMES.values() for n in names)}"
+            )
+        name, resnet = min(found, key=lambda nm: len(nm[0]))
+        norms = [m for m in resnet.modules() if isinstance(m, (SwitchNorm2d, FrozenSwitchNorm2d))]
+        types = sorted(
+            {type(m).__name__ for m in resnet.modules() if "norm" in type(m).__name__.lower()}
+        )
+        return cls(
+            prefix=f"{name}." if name else "",
+            resnet=resnet,
+            version="v2" if isinstance(resnet, ResNetV2) else "v1",
+            blocks=tuple(len(stage) for stage in resnet.stages),
+            sn_using_bn={m.using_bn for m in norms} if norms else None,
+            norm_types=types,
+        )
+
+    def stride_in_1x1(self) -> Optional[bool]:
+        for stage in self.resnet.stages[1:]:
+            block = stage[0]
+            if isinstance(block, BottleneckBlock):
+                return tuple(block.conv1.stride) != (1, 1)
+        return None
+
+
+def _key_diff(have: Mapping[str, Tensor], want: Mapping[str, Tensor]) -> str:
+    missing = set(want) - set(have)
+    extra = set(have) - set(want)
+    parts = []
+    if missing:
+        parts.append(f"model keys not in the checkpoint: {sample_keys(missing)}")
+    if extra:
+        parts.append(f"checkpoint keys not in the model: {sample_keys(extra)}")
+    return "; ".join(parts)
+
+
+def _settings_problems(info: SNImageNetInfo, layout: BackboneLayout) -> List[str]:
+    """Config settings of the model (seen through ``layout``) that disagree with the weights."""
+    problems = []
+    if layout.version != info.version:
+        names = " or ".join(BACKBONE_NAMES[info.version])
+        problems.append(
+            f"the checkpoint is ResNet {info.version} but the model's backbone is ResNet "
+            f"{layout.version}: set MODEL.BACKBONE.NAME to {names}"
+        )
+    n = len(layout.blocks)
+    if layout.blocks != info.blocks[:n]:
+        problems.append(
+            f"the checkpoint is ResNet-{info.depth} ({'-'.join(map(str, info.blocks))} blocks) "
+            f"but the model has {'-'.join(map(str, layout.blocks))} blocks: set "
+            f"MODEL.RESNETS.DEPTH to {info.depth}"
+        )
+    if layout.sn_using_bn is None:
+        problems.append(
+            f"the model's backbone has no SN layers ({', '.join(layout.norm_types) or 'no norm'}):"
+            " set MODEL.RESNETS.NORM to SN (or SyncSN)"
+        )
+    elif layout.sn_using_bn != {info.using_bn}:
+        problems.append(
+            f"the checkpoint has {'a' if info.using_bn else 'no'} BN branch (mean_weight of "
+            f"length {3 if info.using_bn else 2}) but the model's SN layers are built with "
+            f"using_bn={sorted(layout.sn_using_bn)}: set MODEL.SN.USING_BN to {info.using_bn}"
+        )
+    if layout.version == "v1" and layout.stride_in_1x1():
+        problems.append(
+            "the checkpoint strides in the 3x3 conv: set MODEL.RESNETS.STRIDE_IN_1X1 to False"
+        )
+    return problems
+
+
+def input_convention_warnings(model: nn.Module) -> List[str]:
+    """How the model's input convention differs from the one the ImageNet SN weights were trained
+    with (RGB, ImageNet mean/std). Not an error: the weights load, but start from a shifted input.
+    """
+    problems = []
+    input_format = getattr(model, "input_format", None)
+    if input_format is not None and input_format != "RGB":
+        problems.append(
+            f"the weights expect RGB input: set INPUT.FORMAT to RGB (not {input_format})"
+        )
+    for key, value in (("pixel_mean", PIXEL_MEAN), ("pixel_std", PIXEL_STD)):
+        buf = getattr(model, key, None)
+        if isinstance(buf, Tensor) and buf.numel() == 3:
+            got = buf.detach().flatten().cpu().double()
+            if not torch.allclose(got, torch.tensor(value, dtype=torch.float64), atol=1e-3):
+                problems.append(
+                    f"the weights expect ImageNet normalisation: set MODEL.{key.upper()} to "
+                    f"{value} (not {[round(v, 3) for v in got.tolist()]})"
+                )
+    return problems
+
+
+def fit_to_model(
+    state: Mapping[str, Tensor], metadata: Mapping[str, Any], model: nn.Module, source: str = ""
+) -> Tuple[Dict[str, Tensor], BackboneLayout, List[str]]:
+    """Check a converted state dict against ``model`` and re-key it to the model's backbone.
+
+    Every parameter and buffer of the model's ResNet must receive a tensor of its exact shape.
+    Tensors of stages the model does not build (OUT_FEATURES stops earlier) are returned as
+    unused and not loaded. Input-convention differences are logged as warnings.
+
+    Returns:
+        (state dict for ``model.load_state_dict``, the backbone layout, unused checkpoint keys)
+    Raises:
+        CheckpointError: naming the mismatching settings and keys.
+    """
+    info = SNImageNetInfo.from_dict(metadata)
+    layout = BackboneLayout.of(model)
+    src_prefix = metadata.get("prefix", "")
+    if any(not k.startswith(src_prefix) for k in state):
+        raise CheckpointError(
+            f"{source}: keys do not all start with the recorded prefix {src_prefix!r}"
+        )
+    state = {layout.prefix + k[len(src_prefix) :]: v for k, v in state.items()}
+    want = {
+        layout.prefix + k: v
+        for k, v in layout.resnet.state_dict().items()
+        if k.rpartition(".")[2] not in BOOKKEEPING
+    }
+    problems = _settings_problems(info, layout)
+    for warning in input_convention_warnings(model):
+        logger.warning(f"{source}: {warning}")
+    missing = set(want) - set(state)
+    if missing and not problems:
+        problems.append("the checkpoint lacks tensors the backbone needs")
+    differ = [
+        k
+        for k in sorted(set(want) & set(state), key=natural_key)
+        if _shape(state[k]) != _shape(want[k])
+        # logits of another length are the BN-branch mismatch reported above
+        and not (
+            k.endswith(("mean_weight", "var_weight")) and layout.sn_using_bn != {info.using_bn}
+        )
+    ]
+    if differ:
+        shapes = [f"{k} {list(_shape(state[k]))} vs {list(_shape(want[k]))}" for k in differ]
+        problems.append(
+            f"shapes differ (checkpoint vs model) for {len(shapes)} tensors: "
+            f"{'; '.join(shapes[:SHOWN])}{' ...' if len(shapes) > SHOWN else ''}; the "
+            "checkpoint's widths need "
+            + ", ".join(f"{k} {w}" for k, w in zip(WIDTH_KEYS, info.widths))
+            + " and MODEL.RESNETS.NUM_GROUPS 1"
+        )
+    if problems:
+        diff = _key_diff(state, want)
+        raise CheckpointError(
+            f"The ImageNet SN weights {source} ({info.name}) do not fit the model:\n  - "
+            + "\n  - ".join(problems)
+            + (f"\n  {diff}" if diff else "")
+        )
+    unused = sorted(set(state) - set(want))
+    return {k: v for k, v in state.items() if k in want}, layout, unused
+
+
+def sn_layers_from_scratch(
+    model: nn.Module, checkpoint_keys: Iterable[str], missing_keys: Iterable[str], source: str
+) -> Optional[str]:
+    """One line saying how many of ``model``'s SN layers a loaded detectron2 checkpoint left at
+    their initial mixture weights and running statistics (``missing_keys`` as returned by
+    loading it), and why; None when every SN layer was loaded.
+
+    Loading a GN or BN checkpoint into an SN model is legitimate (fine-tuning): its conv and
+    affine weights load, and only these SN tensors start from scratch.
+    """
+    missing = set(missing_keys)
+    layers = [
+        n for n, m in model.named_modules() if isinstance(m, (SwitchNorm2d, FrozenSwitchNorm2d))
+    ]
+    fresh = [n for n in layers if any(f"{n}.{t}".lstrip(".") in missing for t in _SN_STATE)]
+    if not fresh:
+        return None
+    has_sn = any(str(k).endswith(".mean_weight") for k in checkpoint_keys)
+    if has_sn:
+        examples = ", ".join(sorted(fresh, key=natural_key)[:3])
+        why = f"{source} has SN layers, but not these (or not of their shape), e.g. {examples}"
+    else:
+        why = f"{source} has no SN layers: it was trained with another norm (e.g. GN or BN)"
+    return (
+        f"{len(fresh)} of {len(layers)} SN layers start from scratch (mean_weight, var_weight and "
+        f"running statistics at their initial values) because {why}; the weights the checkpoint "
+        "has (convs, norm affine weights) were loaded, and fine-tuning learns the SN mixture."
+    )
