@@ -85,11 +85,12 @@ def unreadable(path: str, error: BaseException) -> CheckpointError:
     """The one-line error for a file that is not a readable checkpoint."""
     reason = f"{type(error).__name__}: {first_line(error)}"
     text = str(error)
-    if "WeightsUnpickler error" in text:  # torch.load(weights_only=True) refused an operation
-        detail = text.split("WeightsUnpickler error:", 1)[1]
-        name = re.search(r"Unsupported global: GLOBAL (\S+)", detail)
+    if "Weights only load failed" in text:  # torch.load(weights_only=True) refused the file
+        # torch names the refused global as "GLOBAL module.name" (wording varies by version)
+        name = re.search(r"GLOBAL ([\w.]+)", text)
         if name:
-            return refused(path, name.group(1))
+            return refused(path, name.group(1).rstrip("."))
+        detail = text.split("WeightsUnpickler error:", 1)[-1].split("\n\n\n", 1)[-1]
         reason = "weights-only unpickling refused it: " + first_line(detail)
     return CheckpointError(
         f"Cannot read checkpoint {path}: it is truncated or not a PyTorch/detectron2 checkpoint "
