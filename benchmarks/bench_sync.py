@@ -12,7 +12,7 @@ detectron2's ``NaiveSyncBatchNorm(stats_mode="N")`` (count-weighted, like SyncSN
 
     python benchmarks/bench_sync.py            # scaled-down shapes
     python benchmarks/bench_sync.py --full     # Mask R-CNN sizes (slow on CPU)
-    python benchmarks/bench_sync.py --quick    # seconds; what tests/test_bench_sync_smoke.py runs
+    python benchmarks/bench_sync.py --quick    # seconds; what tests/tools/test_bench_sync_smoke.py runs
 """
 
 import argparse
