@@ -7,7 +7,9 @@ def add_sn_config(cfg: CN) -> None:
 
     The norm of each part is chosen by detectron2's own keys, which accept "SN", "SyncSN" and every
     detectron2 norm name: MODEL.RESNETS.NORM, MODEL.FPN.NORM, MODEL.ROI_BOX_HEAD.NORM,
-    MODEL.ROI_MASK_HEAD.NORM. The keys below configure every SN/SyncSN layer of the model.
+    MODEL.ROI_MASK_HEAD.NORM, MODEL.RETINANET.NORM, MODEL.SEM_SEG_HEAD.NORM (with the SN builders of
+    sn_detection.modeling). The keys below configure every SN/SyncSN layer of the model; it also
+    adds MODEL.REGNETS, the RegNet backbone of YAML configs.
     """
     cfg.MODEL.SN = CN()
     # Share of the new batch statistic in the running statistics, PyTorch's convention:
@@ -28,6 +30,30 @@ def add_sn_config(cfg: CN) -> None:
     # Weight decay of the importance logits (mean_weight, var_weight) of every SN layer.
     # SN weight and bias follow SOLVER.WEIGHT_DECAY_NORM.
     cfg.MODEL.SN.WEIGHT_DECAY_IMPORTANCE = 0.0
+
+    # RegNet backbones from YAML (MODEL.BACKBONE.NAME build_sn_regnet_backbone or
+    # build_sn_regnet_fpn_backbone; detectron2 builds RegNet only from LazyConfig). The keys are
+    # the arguments of detectron2.modeling.backbone.RegNet (:paper:`dds`); the defaults are
+    # detectron2's RegNetX-4GF. MODEL.BACKBONE.FREEZE_AT freezes the stem and stages as in ResNet.
+    cfg.MODEL.REGNETS = CN()
+    # Any norm name of sn_detection ("SN", "SyncSN", "GN", "FrozenBN", ...).
+    cfg.MODEL.REGNETS.NORM = "SN"
+    # "SimpleStem" (3x3/2 conv) or "ResStem" (7x7/2 conv and 3x3/2 max-pool).
+    cfg.MODEL.REGNETS.STEM = "SimpleStem"
+    cfg.MODEL.REGNETS.STEM_WIDTH = 32
+    # "ResBottleneckBlock" (RegNetX/Y), "ResBasicBlock" or "VanillaBlock".
+    cfg.MODEL.REGNETS.BLOCK = "ResBottleneckBlock"
+    # Total number of blocks, and the width parameters w_a, w_0, w_m of :paper:`dds` Sec. 3.3.
+    cfg.MODEL.REGNETS.DEPTH = 23
+    cfg.MODEL.REGNETS.W_A = 38.65
+    cfg.MODEL.REGNETS.W_0 = 96
+    cfg.MODEL.REGNETS.W_M = 2.43
+    cfg.MODEL.REGNETS.GROUP_WIDTH = 40
+    cfg.MODEL.REGNETS.BOTTLENECK_RATIO = 1.0
+    # Squeeze-and-excitation ratio: 0 for RegNetX, 0.25 for RegNetY.
+    cfg.MODEL.REGNETS.SE_RATIO = 0.0
+    # Stages to return, of "stem", "s1" (stride 4) ... "s4" (stride 32).
+    cfg.MODEL.REGNETS.OUT_FEATURES = ["s1", "s2", "s3", "s4"]
 
 
 def sn_options(cfg: CN) -> dict:

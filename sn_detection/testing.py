@@ -245,3 +245,66 @@ def load_config(path, *opts):
     cfg.merge_from_file(str(path))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
     return cfg
+
+
+# -- smoke training ------------------------------------------------------------------------------
+
+
+def build_evaluator(cfg, dataset_name: str, output_dir: str):
+    """The evaluator of a shapes dataset: COCO (box/mask/keypoints, with the config's OKS sigmas),
+    plus semantic segmentation for a panoptic dataset. ``output_dir`` holds the COCO json that
+    the evaluator converts (it is remembered in the dataset's metadata for the process: use one
+    directory per process)."""
+    from detectron2.data import MetadataCatalog
+    from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
+
+    meta = MetadataCatalog.get(dataset_name)
+    coco = COCOEvaluator(
+        dataset_name,
+        output_dir=output_dir,
+        kpt_oks_sigmas=tuple(cfg.TEST.KEYPOINT_OKS_SIGMAS),
+    )
+    if hasattr(meta, "stuff_classes"):
+        # detectron2's default loader passes copy=False to np.array, which numpy 2 refuses
+        semseg = SemSegEvaluator(
+            dataset_name, output_dir=output_dir, sem_seg_loading_fn=_load_label_map
+        )
+        return DatasetEvaluators([semseg, coco])
+    return coco
+
+
+def _load_label_map(path: str, dtype=int):
+    import numpy as np
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        return np.asarray(Image.open(f), dtype=dtype)
+
+
+def train_and_evaluate(cfg, output_dir: str, max_eval_images: int = 4) -> tuple:
+    """Train ``cfg.SOLVER.MAX_ITER`` iterations (our SN-aware optimizer, detectron2's
+    SimpleTrainer, which fails on a non-finite loss), then evaluate the first ``max_eval_images``
+    images of ``cfg.DATASETS.TEST[0]``. Returns ``(model, results)``, results as detectron2's
+    ``inference_on_dataset``."""
+    from detectron2.data import (
+        DatasetCatalog,
+        DatasetMapper,
+        build_detection_test_loader,
+        build_detection_train_loader,
+    )
+    from detectron2.engine import SimpleTrainer
+    from detectron2.evaluation import inference_on_dataset
+    from detectron2.modeling import build_model
+
+    from sn_detection import build_sn_optimizer
+
+    model = build_model(cfg)
+    optimizer = build_sn_optimizer(cfg, model)
+    trainer = SimpleTrainer(model, build_detection_train_loader(cfg), optimizer)
+    trainer.train(0, cfg.SOLVER.MAX_ITER)
+    name = cfg.DATASETS.TEST[0]
+    loader = build_detection_test_loader(
+        dataset=DatasetCatalog.get(name)[:max_eval_images], mapper=DatasetMapper(cfg, False)
+    )
+    results = inference_on_dataset(model, loader, build_evaluator(cfg, name, output_dir))
+    return model, results

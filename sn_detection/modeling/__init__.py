@@ -1,9 +1,17 @@
-"""Builders registered with detectron2's registries when this package is imported."""
+"""Builders registered with detectron2's registries when this package is imported: backbones
+(ResNet, ResNet-FPN, RetinaNet ResNet-FPN, ResNet v2, RegNet), RoI heads (box, mask, C4 res5),
+the semantic FPN head and the RetinaNet meta-architecture, each taking SN/SyncSN or any
+detectron2 norm; ``check_sn_builders`` names the builder to use for a detectron2 one."""
 from .backbone import (
     build_sn_resnet_backbone,
     build_sn_resnet_fpn_backbone,
+    build_sn_retinanet_resnet_fpn_backbone,
     freeze_switchnorm,
     with_norm_callables,
 )
-from .roi_heads import SNFastRCNNConvFCHead, SNMaskRCNNConvUpsampleHead
+from .checks import SN_BUILDERS, check_sn_builders, sn_builder_for
+from .regnet import build_sn_regnet_backbone, build_sn_regnet_fpn_backbone
 from .resnet_v2 import build_sn_resnet_v2_backbone, build_sn_resnet_v2_fpn_backbone
+from .retinanet import CycleSwitchNormList, SNRetinaNet
+from .roi_heads import SNFastRCNNConvFCHead, SNMaskRCNNConvUpsampleHead, SNRes5ROIHeads
+from .semantic_seg import SNSemSegFPNHead

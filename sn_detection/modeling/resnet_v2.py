@@ -40,8 +40,9 @@ from detectron2.modeling.backbone.resnet import BasicStem
 from torch import Tensor, nn
 
 from ..config import sn_options
-from ..layers import FrozenSwitchNorm2d, get_norm, norm_factory
+from ..layers import FrozenSwitchNorm2d, get_norm
 from .backbone import freeze_switchnorm, zero_init_last_switchnorm
+from .checks import check_sn_builders, resolve_norm
 
 __all__ = [
     "PreActBottleneckBlock",
@@ -205,8 +206,10 @@ class ResNetV2(ResNet):
 def build_sn_resnet_v2_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNetV2:
     """Pre-activation ResNet-50/101/152 (the official ResNet v2 + SN layout) with
     ``MODEL.RESNETS.NORM`` from our norm registry ("SN", "SyncSN" or any detectron2 norm)."""
+    check_sn_builders(cfg)
     # fmt: off
-    norm                = norm_factory(cfg.MODEL.RESNETS.NORM, **sn_options(cfg))
+    norm                = resolve_norm(cfg.MODEL.RESNETS.NORM, "MODEL.RESNETS.NORM",
+                                       **sn_options(cfg))
     freeze_at           = cfg.MODEL.BACKBONE.FREEZE_AT
     out_features        = cfg.MODEL.RESNETS.OUT_FEATURES
     depth               = cfg.MODEL.RESNETS.DEPTH
@@ -266,7 +269,7 @@ def build_sn_resnet_v2_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN
         bottom_up=build_sn_resnet_v2_backbone(cfg, input_shape),
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=norm_factory(cfg.MODEL.FPN.NORM, **sn_options(cfg)),
+        norm=resolve_norm(cfg.MODEL.FPN.NORM, "MODEL.FPN.NORM", **sn_options(cfg)),
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )

@@ -1,24 +1,35 @@
-"""RoI box and mask heads whose conv norm may be SN, SyncSN or any detectron2 norm."""
+"""RoI heads whose norms may be SN, SyncSN or any detectron2 norm: the conv+fc box head (also in
+Cascade R-CNN's stages), the mask head, and the res5 head of C4 models."""
+from detectron2.modeling.backbone.resnet import BottleneckBlock
 from detectron2.modeling.roi_heads import (
     ROI_BOX_HEAD_REGISTRY,
+    ROI_HEADS_REGISTRY,
     ROI_MASK_HEAD_REGISTRY,
     FastRCNNConvFCHead,
     MaskRCNNConvUpsampleHead,
+    Res5ROIHeads,
 )
+from torch import nn
 
 from ..config import sn_options
-from ..layers import norm_factory
+from ..layers import SwitchNorm2d
+from .backbone import with_norm_callables
+from .checks import check_sn_builders, resolve_norm
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
 class SNFastRCNNConvFCHead(FastRCNNConvFCHead):
     """detectron2's conv+fc box head (e.g. 4conv1fc) with ``MODEL.ROI_BOX_HEAD.NORM`` resolved by
-    our norm registry. Its norms see all RoIs of the batch as the batch dimension."""
+    our norm registry. Its norms see all RoIs of the batch as the batch dimension. Cascade R-CNN
+    builds one per stage from the same keys (``MODEL.ROI_BOX_HEAD.NAME``)."""
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        check_sn_builders(cfg)
         ret = super().from_config(cfg, input_shape)
-        ret["conv_norm"] = norm_factory(cfg.MODEL.ROI_BOX_HEAD.NORM, **sn_options(cfg))
+        ret["conv_norm"] = resolve_norm(
+            cfg.MODEL.ROI_BOX_HEAD.NORM, "MODEL.ROI_BOX_HEAD.NORM", **sn_options(cfg)
+        )
         return ret
 
 
@@ -28,6 +39,37 @@ class SNMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        check_sn_builders(cfg)
         ret = super().from_config(cfg, input_shape)
-        ret["conv_norm"] = norm_factory(cfg.MODEL.ROI_MASK_HEAD.NORM, **sn_options(cfg))
+        ret["conv_norm"] = resolve_norm(
+            cfg.MODEL.ROI_MASK_HEAD.NORM, "MODEL.ROI_MASK_HEAD.NORM", **sn_options(cfg)
+        )
         return ret
+
+
+@ROI_HEADS_REGISTRY.register()
+class SNRes5ROIHeads(Res5ROIHeads):
+    """detectron2's C4 RoI heads, whose res5 stage takes ``MODEL.RESNETS.NORM`` from our norm
+    registry (as the backbone's stages); MODEL.SN.LAST_GAMMA applies to its blocks too.
+
+    res5 here is trained (FREEZE_AT freezes only backbone stages), so its SN layers stay
+    trainable. Its norms see all RoIs of the batch as the batch dimension.
+    """
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        check_sn_builders(cfg)
+        return super().from_config(cfg, input_shape)
+
+    @classmethod
+    def _build_res5_block(cls, cfg):
+        res5, out_channels = super()._build_res5_block(with_norm_callables(cfg, ("RESNETS",)))
+        if cfg.MODEL.SN.LAST_GAMMA:
+            for block in res5:
+                last = block.conv3.norm if isinstance(block, BottleneckBlock) else None
+                if isinstance(last, SwitchNorm2d):
+                    nn.init.zeros_(last.weight)
+        return res5, out_channels
+
+
+__all__ = ["SNFastRCNNConvFCHead", "SNMaskRCNNConvUpsampleHead", "SNRes5ROIHeads"]

@@ -19,6 +19,12 @@ def test_configs_are_found():
         "mask_rcnn_R_50_FPN_2x_syncsn.yaml",
         "faster_rcnn_R_50_FPN_2x_sn.yaml",
         "mask_rcnn_sn_demo.yaml",
+        "retinanet_R_50_FPN_2x_sn.yaml",
+        "cascade_mask_rcnn_R_50_FPN_2x_sn.yaml",
+        "panoptic_fpn_R_50_2x_sn.yaml",
+        "keypoint_rcnn_R_50_FPN_2x_sn.yaml",
+        "mask_rcnn_R_50_C4_2x_sn.yaml",
+        "mask_rcnn_regnetx_4gf_FPN_2x_sn.yaml",
     } <= names
 
 
@@ -28,4 +34,6 @@ def test_config_loads_and_builds(path):
     torch.manual_seed(0)
     model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
-    assert hasattr(model.roi_heads, "mask_head") == cfg.MODEL.MASK_ON
+    if hasattr(model, "roi_heads"):  # not RetinaNet
+        assert hasattr(model.roi_heads, "mask_head") == cfg.MODEL.MASK_ON
+        assert hasattr(model.roi_heads, "keypoint_head") == cfg.MODEL.KEYPOINT_ON

@@ -1,0 +1,25 @@
+"""The semantic FPN head (Panoptic FPN, semantic FPN) with ``MODEL.SEM_SEG_HEAD.NORM`` from our
+norm registry."""
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
+
+from ..config import sn_options
+from .checks import check_sn_builders, resolve_norm
+
+__all__ = ["SNSemSegFPNHead"]
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class SNSemSegFPNHead(SemSegFPNHead):
+    """detectron2's semantic FPN head (used by ``PanopticFPN`` and ``SemanticSegmentor``) whose
+    conv norms take ``MODEL.SEM_SEG_HEAD.NORM`` from our norm registry ("SN", "SyncSN" or any
+    detectron2 norm). Each scale branch has its own norms, so SN keeps per-level statistics."""
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        check_sn_builders(cfg)
+        ret = super().from_config(cfg, input_shape)
+        ret["norm"] = resolve_norm(
+            cfg.MODEL.SEM_SEG_HEAD.NORM, "MODEL.SEM_SEG_HEAD.NORM", **sn_options(cfg)
+        )
+        return ret
