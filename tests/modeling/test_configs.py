@@ -37,3 +37,14 @@ def test_config_loads_and_builds(path):
     if hasattr(model, "roi_heads"):  # not RetinaNet
         assert hasattr(model.roi_heads, "mask_head") == cfg.MODEL.MASK_ON
         assert hasattr(model.roi_heads, "keypoint_head") == cfg.MODEL.KEYPOINT_ON
+
+
+def test_detectron2_model_zoo_get_config_works():
+    # detectron2.model_zoo imports pkg_resources, which setuptools >= 81 no longer ships
+    # (requirements.txt pins one that does)
+    from detectron2 import model_zoo
+
+    model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
+    assert model.backbone.bottom_up.stem.norm == "FrozenBN"
+    cfg = model_zoo.get_config("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml")
+    assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
