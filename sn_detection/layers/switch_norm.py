@@ -1,10 +1,11 @@
 """Switchable Normalization (Luo et al., ICLR 2019) for 4-D feature maps: the trainable layer and
 its frozen form."""
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor, nn
 
+from .portable import switch_norm_inference
 from .switch_norm_function import LOCAL_BATCH, BatchNormSource, switch_norm
 
 BRANCHES = ("IN", "LN", "BN")
@@ -20,6 +21,14 @@ def _flatten_official_layout(state_dict: dict, prefix: str, num_features: int) -
             state_dict[prefix + key] = t.reshape(num_features)
 
 
+def _empty_input_output(
+    x: Tensor, weight: Tensor, bias: Tensor, mean_weight: Tensor, var_weight: Tensor
+) -> Tensor:
+    """SN's output for an input with no element: empty, dependent on every parameter."""
+    y = x * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+    return y + 0.0 * (mean_weight.sum() + var_weight.sum())
+
+
 class _SwitchNormBase(nn.Module):
     """What SwitchNorm2d and FrozenSwitchNorm2d share: the input checks, the empty-input rule, the
     state-dict versions, ``importance()`` and the forward skeleton. Subclasses hold ``weight``,
@@ -28,6 +37,9 @@ class _SwitchNormBase(nn.Module):
 
     # 2: weight/bias/running statistics are (C,); 3: SwitchNorm2d saves ``num_batches``
     _version = 3
+    # whether the BN branch uses the batch in training (SwitchNorm2d) or always the running
+    # statistics (FrozenSwitchNorm2d)
+    _batch_statistics_in_training: torch.jit.Final[bool] = True
 
     def __init__(self, num_features: int, eps: float, using_bn: bool):
         super().__init__()
@@ -54,8 +66,7 @@ class _SwitchNormBase(nn.Module):
     def _empty_output(self, x: Tensor) -> Tensor:
         """The output for an input with no element (N = 0 or H*W = 0): empty, and still dependent
         on every parameter, so autograd and DDP stay happy."""
-        y = x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return y + 0.0 * (self.mean_weight.sum() + self.var_weight.sum())
+        return _empty_input_output(x, self.weight, self.bias, self.mean_weight, self.var_weight)
 
     def _bn_source(self) -> BatchNormSource:
         """Where the BN branch takes its statistics from in this forward."""
@@ -71,10 +82,47 @@ class _SwitchNormBase(nn.Module):
         return y
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._forward_scripted(x)
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: Tensor) -> Tensor:
+        if torch.jit.is_tracing():
+            # the checks would be constants of the trace (and warn): the graph is the same for
+            # every input, whose emptiness the portable path handles
+            return self._normalize(x)
         self._check_input(x)
         if x.numel() == 0:
             return self._empty_output(x)
         return self._normalize(x)
+
+    def _forward_scripted(self, x: Tensor) -> Tensor:
+        """The forward of a ``torch.jit.script``-ed layer: the portable inference path (BN branch
+        from the running statistics), for deployment; a SwitchNorm2d in training mode raises."""
+        if self.training and self._batch_statistics_in_training:
+            raise RuntimeError(
+                "a scripted SwitchNorm2d runs in eval mode only (its BN branch uses the running "
+                "statistics): call .eval() on the model, or train it unscripted"
+            )
+        if x.dim() != 4 or x.shape[1] != self.num_features:
+            raise ValueError(
+                "SwitchNorm2d expects an (N, C, H, W) input with C = num_features, got shape "
+                + str(x.shape)
+            )
+        if x.numel() == 0:
+            return _empty_input_output(
+                x, self.weight, self.bias, self.mean_weight, self.var_weight
+            )
+        running_mean: Optional[Tensor] = None
+        running_var: Optional[Tensor] = None
+        if hasattr(self, "running_mean"):
+            running_mean = self.running_mean
+            running_var = self.running_var
+        return switch_norm_inference(
+            x, self.weight, self.bias, self.mean_weight, self.var_weight,
+            running_mean, running_var, self.eps,
+        )
 
     def _update_running_stats(self, mean_bn: Tensor, var_bn: Tensor, count: Tensor) -> None:
         raise NotImplementedError
@@ -219,6 +267,8 @@ class FrozenSwitchNorm2d(_SwitchNormBase):
         if using_bn:
             self.register_buffer("running_mean", torch.zeros(num_features))
             self.register_buffer("running_var", torch.ones(num_features))
+
+    _batch_statistics_in_training: torch.jit.Final[bool] = False
 
     def _bn_source(self) -> BatchNormSource:
         return (self.running_mean, self.running_var)

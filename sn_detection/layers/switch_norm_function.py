@@ -21,10 +21,18 @@ backward
        c1, c0 carry the gradients of the per-(n, c) mean and variance.
 
 Only x and (N, C)-sized tensors are kept for backward. Double backward is refused with an error.
-Which code runs the full-size passes is ``kernels.select_kernels``'s choice. Under a tracer or
-compiler (``torch.jit.trace``, ``torch.compile``, ``torch.export``) or for tensor subclasses
-(fake tensors), the same formulas run as plain PyTorch operations instead, which those tools see
-through and autograd differentiates.
+Which code runs the full-size passes is ``kernels.select_kernels``'s choice, in eager mode. Under a
+tracer, exporter or compiler, or for tensor subclasses (fake, functional and functorch tensors),
+the same formulas run as plain PyTorch operations instead, which those tools see through and
+autograd differentiates (the design and why: ``portable.py``):
+
+- ``torch.jit.trace`` and ``torch.export`` (and the ONNX exporters on them), BN branch from the
+  running statistics (eval mode, the frozen layer): ``portable.switch_norm_inference``, the
+  fast exportable inference path; ``torch.jit.script`` reaches it through the modules' forward;
+- ``torch.compile`` and training-mode traces: the plain kernels and the mixer, fused by inductor;
+- a BN branch that no tracer can follow (SyncSN synchronizing in training): an error under
+  ``torch.jit.trace``/``torch.export``; under ``torch.compile`` the layer runs eagerly (a graph
+  break), as it must to make its collectives.
 """
 from typing import Optional, Tuple, Union
 
@@ -32,6 +40,7 @@ import torch
 from torch import Tensor
 
 from .kernels import PLAIN_KERNELS, SNKernels, select_kernels
+from .portable import switch_norm_inference
 from .mixer import (
     MixerSaved,
     compiled_batch_statistics_backward,
@@ -158,13 +167,18 @@ class _SwitchNormFunction(torch.autograd.Function):
         return (dx, *param_grads, None, None, None, None)
 
 
-def _traced(x: Tensor) -> bool:
-    """Whether x is being traced or compiled (torch.jit.trace, torch.compile, torch.export) or is
-    a tensor subclass (fake and functional tensors), which opaque kernels cannot serve."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return True
+def _exporting() -> bool:
+    """Whether a graph is being recorded for export: torch.jit.trace or torch.export."""
     is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting and is_exporting()) or type(x) is not Tensor
+    return torch.jit.is_tracing() or bool(is_exporting and is_exporting())
+
+
+def _opaque_kernels_unusable(x: Tensor) -> bool:
+    """Whether x is being traced, exported or compiled, or is a tensor that opaque kernels cannot
+    serve (a subclass: fake and functional tensors; a functorch wrapper: vmap, grad)."""
+    if _exporting() or torch.compiler.is_compiling() or type(x) is not Tensor:
+        return True
+    return torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
 def _switch_norm_plain_ops(x, weight, bias, mean_logits, var_logits, eps, bn):
@@ -207,8 +221,21 @@ def switch_norm(
     batch. Autocast is disabled inside: statistics are float32 (float64 for float64 inputs).
     """
     with torch.autocast(x.device.type, enabled=False):
-        if _traced(x) and (not isinstance(bn, BatchReduction) or bn.traceable):
-            return _switch_norm_plain_ops(x, weight, bias, mean_logits, var_logits, eps, bn)
+        if _opaque_kernels_unusable(x):
+            if not isinstance(bn, BatchReduction) and _exporting():
+                running_mean, running_var = (None, None) if bn is None else bn
+                y = switch_norm_inference(
+                    x, weight, bias, mean_logits, var_logits, running_mean, running_var, eps
+                )
+                return y, None
+            if not isinstance(bn, BatchReduction) or bn.traceable:
+                return _switch_norm_plain_ops(x, weight, bias, mean_logits, var_logits, eps, bn)
+            if _exporting():
+                raise RuntimeError(
+                    "SyncSwitchNorm2d cannot be traced or exported while it synchronizes a "
+                    "training batch across processes: put the model in eval mode first (export "
+                    "with tools/deploy/export_model.py, which does), or trace it in one process"
+                )
         if kernels is None:
             kernels = select_kernels(x)
         needs_graph = torch.is_grad_enabled() and any(

@@ -2,7 +2,7 @@
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 from .switch_norm import SwitchNorm2d
 from .switch_norm_function import BatchNormSource, BatchReduction
@@ -107,3 +107,28 @@ class SyncSwitchNorm2d(SwitchNorm2d):
             # take part in the other processes' collectives, forward and backward, with no sample
             y = y + self._normalize(x.new_zeros((0, self.num_features, 1, 1))).sum()
         return y
+
+    @classmethod
+    def revert_sync_switchnorm(cls, module: nn.Module) -> nn.Module:
+        """Return ``module`` with every SyncSwitchNorm2d in it replaced, in place where it is a
+        child, by a SwitchNorm2d with the same settings, parameters and statistics (what
+        deployment wants: inference has no processes to synchronize; an exported SyncSN model is
+        an SN model). Requires-grad flags, device and dtype are kept."""
+        if isinstance(module, cls):
+            plain = SwitchNorm2d(
+                module.num_features,
+                eps=module.eps,
+                momentum=module.momentum,
+                using_moving_average=module.using_moving_average,
+                using_bn=module.using_bn,
+            )
+            plain.load_state_dict(module.state_dict())
+            plain = plain.to(device=module.weight.device, dtype=module.weight.dtype)
+            for name, param in plain.named_parameters():
+                param.requires_grad_(getattr(module, name).requires_grad)
+            return plain.train(module.training)
+        for name, child in module.named_children():
+            new_child = cls.revert_sync_switchnorm(child)
+            if new_child is not child:
+                module.add_module(name, new_child)
+        return module
