@@ -14,7 +14,7 @@ from .switch_norm import SwitchNorm2d
 from .sync_switch_norm import SyncSwitchNorm2d
 
 # Names detectron2's get_norm understands (detectron2/layers/batch_norm.py);
-# tests/test_norm_registry.py checks that each still builds there.
+# tests/layers/test_norm_registry.py checks that each still builds there.
 DETECTRON2_NORMS = ("BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "LN")
 
 # name -> constructor(channels, **sn_options) of the norms this package adds
