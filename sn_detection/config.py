@@ -18,9 +18,22 @@ def add_sn_config(cfg: CN) -> None:
     cfg.MODEL.SN.MOMENTUM = 0.01
     # Added to the mixed variance before the square root.
     cfg.MODEL.SN.EPS = 1e-5
-    # True: exponential moving average of the BN-branch statistics (MOMENTUM above).
-    # False: plain average of all batches since the last reset ("batch average"; the authors
-    # advise it when the learned BN share is large, > 0.3).
+    # How training updates the BN-branch running statistics.
+    # True: exponential moving average (MOMENTUM above).
+    # False: plain average of every batch since the start, the last reset or the last precise
+    # pass ("batch average"; the batch count `num_batches` is saved, so it continues after a
+    # reload or --resume). From the start of training it averages statistics of early weights
+    # too, which is rarely what is wanted: prefer the precise pass below.
+    # Precise statistics: TEST.PRECISE_BN.ENABLED True (detectron2's keys) recomputes, before
+    # each evaluation (TEST.EVAL_PERIOD) and at the end of training, the BN-branch statistics of
+    # every SN/SyncSN layer (not frozen ones) as the plain average over TEST.PRECISE_BN.NUM_ITER
+    # training batches with the weights fixed (the official "batch average" done right; global
+    # over all processes with SyncSN), and those of BN layers as detectron2's PreciseBN, in the
+    # same batches. Use it when the learned BN shares are large (the authors advise batch
+    # averaging above 0.3; the sn/<part>/*_BN training scalars and tools/visualize_sn.py show
+    # them) or when MOMENTUM is too small for the running statistics to follow the weights.
+    # NUM_ITER 200 costs about 200 forward passes. USING_MOVING_AVERAGE keeps its meaning: it
+    # says how training continues from the precise statistics.
     cfg.MODEL.SN.USING_MOVING_AVERAGE = True
     # Whether SN mixes batch statistics in (IN, LN, BN) or only (IN, LN). False for 1 image per
     # GPU, where BN statistics equal IN statistics; must match pretrained weights.

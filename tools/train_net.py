@@ -21,6 +21,7 @@ from detectron2.engine import (
     create_ddp_model,
     default_argument_parser,
     default_setup,
+    hooks,
     launch,
 )
 from detectron2.evaluation import COCOEvaluator, verify_results
@@ -28,7 +29,10 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from sn_detection import add_sn_config, build_sn_optimizer  # importing registers SN builders
+from sn_detection.analysis import sn_modules
 from sn_detection.checkpoint import SNCheckpointer
+from sn_detection.engine import PreciseSN, SNImportanceWriter
+from sn_detection.engine.hooks import WRITER_PERIOD
 
 logger = logging.getLogger("sn_detection")
 
@@ -47,8 +51,9 @@ def ddp_arguments(cfg) -> dict:
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's trainer with an SN-aware optimizer, COCO evaluation of every test set, and
-    SNCheckpointer (MODEL.WEIGHTS may be an ImageNet SN checkpoint as released)."""
+    """detectron2's trainer with an SN-aware optimizer, COCO evaluation of every test set,
+    SNCheckpointer (MODEL.WEIGHTS may be an ImageNet SN checkpoint as released), the learned SN
+    shares in the metrics, and TEST.PRECISE_BN extended to SN layers."""
 
     def __init__(self, cfg):
         # A copy of DefaultTrainer.__init__ (detectron2/engine/defaults.py), which offers no seam
@@ -76,6 +81,29 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def build_hooks(self):
+        """detectron2's hooks, with PreciseBN replaced by PreciseSN (SN and BN statistics in one
+        pass, in PreciseBN's place: before the checkpointer and the evaluation), and
+        SNImportanceWriter just before the writers, so its scalars are written with theirs."""
+        ret = [h for h in super().build_hooks() if not isinstance(h, hooks.PreciseBN)]
+        if self.cfg.TEST.PRECISE_BN.ENABLED:
+            cfg = self.cfg.clone()
+            cfg.defrost()
+            cfg.DATALOADER.NUM_WORKERS = 0  # as detectron2's PreciseBN: a cheap second loader
+            precise = PreciseSN(
+                self.cfg.TEST.EVAL_PERIOD,
+                self.model,
+                self.build_train_loader(cfg),
+                self.cfg.TEST.PRECISE_BN.NUM_ITER,
+            )  # warns when the model has nothing to recompute
+            before = (hooks.PeriodicCheckpointer, hooks.EvalHook)
+            first = next((i for i, h in enumerate(ret) if isinstance(h, before)), len(ret))
+            ret.insert(first, precise)
+        writers = [i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)]
+        if writers and sn_modules(self.model):
+            ret.insert(writers[0], SNImportanceWriter(self.model, WRITER_PERIOD))
+        return ret
+
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_sn_optimizer(cfg, model)
@@ -97,12 +125,19 @@ def setup(args):
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
+    # as detectron2's projects: our messages (the precise pass, ...) in the console and log.txt
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sn_detection")
     return cfg
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        if cfg.TEST.PRECISE_BN.ENABLED:
+            logger.warning(
+                "TEST.PRECISE_BN.ENABLED applies during training (before each evaluation and at "
+                "the end); --eval-only evaluates the statistics saved in MODEL.WEIGHTS as they are."
+            )
         model = Trainer.build_model(cfg)
         SNCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume

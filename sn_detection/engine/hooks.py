@@ -1,0 +1,105 @@
+"""Training hooks for SN models: the learned shares in the EventStorage, and precise statistics.
+
+- :class:`SNImportanceWriter` puts the IN/LN/BN shares of the SN layers, summarised per part of
+  the model, into detectron2's EventStorage when the writers write, so they reach
+  ``metrics.json``, tensorboard and (the model-wide BN shares) the console.
+- :class:`PreciseSN` is detectron2's PreciseBN hook extended to SN layers: before each evaluation
+  and after the last iteration it recomputes the BN-branch statistics of the SN layers, and those
+  of any BatchNorm layer, in one pass over the same batches.
+"""
+
+import itertools
+import logging
+from typing import Any, Iterable
+
+from detectron2.engine import HookBase, hooks
+from detectron2.utils.events import EventStorage
+from fvcore.nn.precise_bn import get_bn_modules
+from torch import nn
+
+from ..analysis import importance_scalars, importances_from_logits, sn_modules
+from .precise_sn import get_sn_modules, update_sn_stats, why_nothing_to_update
+
+# detectron2's DefaultTrainer writes metrics every 20 iterations (its PeriodicWriter)
+WRITER_PERIOD = 20
+
+
+class SNImportanceWriter(HookBase):
+    """Every ``period`` iterations and after the last one (when detectron2's PeriodicWriter
+    writes; register this hook before it), puts the shares of the model's SN layers (frozen ones
+    included) into the EventStorage: ``sn/<part>/<mean|var>_<IN|LN|BN>``, the mean share over the
+    part's layers (``sn_detection.analysis``), and the model-wide mean BN shares
+    ``[metric]sn/BN_mean`` and ``[metric]sn/BN_var``, which the console writer prints.
+
+    The logits are read only then, in one transfer from the device: the other iterations cost
+    nothing. Run it on the main process only, as the writers.
+    """
+
+    def __init__(self, model: nn.Module, period: int = WRITER_PERIOD):
+        if period <= 0:
+            raise ValueError(f"SNImportanceWriter: period must be positive, got {period}")
+        self._layers = sn_modules(model)
+        self._period = period
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        if next_iter % self._period == 0 or next_iter == self.trainer.max_iter:
+            self.write()
+
+    def write(self) -> None:
+        """Put the current shares into the trainer's EventStorage at its current iteration."""
+        layers = importances_from_logits((n, m.mean_weight, m.var_weight) for n, m in self._layers)
+        self.trainer.storage.put_scalars(smoothing_hint=False, **importance_scalars(layers))
+
+
+class PreciseSN(hooks.PreciseBN):
+    """detectron2's PreciseBN for models with SN: every ``period`` iterations (before the
+    evaluation; 0: never) and after the last iteration, recomputes with the weights fixed the
+    BN-branch running statistics of every SN/SyncSN layer in training mode, as the plain average
+    over ``num_iter`` batches of ``data_loader``, and those of every BatchNorm layer in training
+    mode as PreciseBN does, in the same batches (``update_sn_stats``). Events of the pass go to a
+    storage of their own and are discarded.
+
+    Frozen SN layers and SN layers without the BN branch are left alone. With SyncSN the
+    statistics are global and identical on every process: run the hook on every process. A model
+    with nothing to recompute gets one warning saying why, and the hook does nothing.
+    """
+
+    def __init__(self, period: int, model: nn.Module, data_loader: Iterable[Any], num_iter: int):
+        self._logger = logging.getLogger(__name__)
+        if num_iter <= 0:
+            raise ValueError(
+                f"TEST.PRECISE_BN.NUM_ITER must be positive (batches of the precise statistics "
+                f"pass, e.g. 200), got {num_iter}; or set TEST.PRECISE_BN.ENABLED False"
+            )
+        self._model = model
+        self._data_loader = data_loader
+        self._num_iter = num_iter
+        self._period = period
+        self._data_iter = None
+        self._disabled = not has_statistics_to_update(model)
+        if self._disabled:
+            self._logger.warning(
+                f"TEST.PRECISE_BN.ENABLED is True but {why_nothing_to_update(model)}: precise "
+                "statistics are not computed. Set TEST.PRECISE_BN.ENABLED False to silence this."
+            )
+
+    def update_stats(self) -> None:
+        """Recompute the statistics now (also callable by hand)."""
+        if self._disabled:
+            return
+        if self._data_iter is None:
+            self._data_iter = iter(self._data_loader)
+        batches = (next(self._data_iter) for _ in itertools.count())  # reuses the iterator
+        with EventStorage():  # the model's training events of the pass are discarded
+            self._logger.info(
+                f"Running precise SN/BN statistics for {self._num_iter} iterations "
+                f"({len(get_sn_modules(self._model))} SN, {len(get_bn_modules(self._model))} BN "
+                "layers)."
+            )
+            update_sn_stats(self._model, batches, self._num_iter)
+
+
+def has_statistics_to_update(model: nn.Module) -> bool:
+    """Whether the precise pass recomputes anything in ``model`` (SN or BN layers to update)."""
+    return bool(get_sn_modules(model) or get_bn_modules(model))
