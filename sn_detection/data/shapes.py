@@ -5,30 +5,20 @@ plus PNG images, generated on first use into ``$DETECTRON2_DATASETS/sn_shapes`` 
 ``datasets/sn_shapes``) and registered with detectron2 as ``sn_shapes_train`` and
 ``sn_shapes_val``. The same seed always gives the same files.
 """
-import json
-import logging
 import math
-import os
 from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
 from detectron2.structures.masks import polygon_area
-from filelock import FileLock
 
-logger = logging.getLogger(__name__)
+from .embedded import EmbeddedDataset
 
 CATEGORIES = ("circle", "square", "triangle")
 # split -> (number of images, seed)
 SPLITS = {"train": (300, 0), "val": (50, 1)}
 IMAGE_SIZE = 160
 VERSION = 1  # bump when the generator changes, so stale files are regenerated
-
-
-def dataset_root() -> str:
-    return os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "sn_shapes")
 
 
 def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
@@ -58,19 +48,17 @@ def _make_image(rng: np.random.RandomState) -> Tuple[np.ndarray, List[Dict]]:
         poly = _shape_polygon(CATEGORIES[category], cx, cy, r, rng.uniform(0, 2 * math.pi))
         colour = tuple(int(c) for c in rng.randint(120, 256, size=3))
         cv2.fillPoly(image, [np.round(poly).astype(np.int32)], colour, lineType=cv2.LINE_AA)
-        objects.append({"category_id": category + 1, "polygon": poly})
+        objects.append(_annotation(category + 1, poly))
     return image, objects
 
 
-def _annotation(obj: Dict, ann_id: int, image_id: int) -> Dict:
-    poly = obj["polygon"]
+def _annotation(category_id: int, poly: np.ndarray) -> Dict:
+    """A COCO annotation (without ids) of one shape, its polygon as the mask."""
     x0, y0 = poly.min(axis=0)
     x1, y1 = poly.max(axis=0)
     area = polygon_area(poly[:, 0], poly[:, 1])
     return {
-        "id": ann_id,
-        "image_id": image_id,
-        "category_id": obj["category_id"],
+        "category_id": category_id,
         "segmentation": [poly.round(2).flatten().tolist()],
         "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
         "area": float(area),
@@ -78,74 +66,31 @@ def _annotation(obj: Dict, ann_id: int, image_id: int) -> Dict:
     }
 
 
+SHAPES = EmbeddedDataset(
+    name="sn_shapes",
+    title="shapes",
+    categories=CATEGORIES,
+    splits=SPLITS,
+    version=VERSION,
+    make_image=_make_image,
+)
+
+
+def dataset_root() -> str:
+    return SHAPES.root()
+
+
 def generate_split(split: str, root: str) -> str:
     """Write the images and COCO json of ``split``; returns the json path."""
-    num_images, seed = SPLITS[split]
-    rng = np.random.RandomState(seed)
-    image_dir = os.path.join(root, split)
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for image_id in range(1, num_images + 1):
-        image, objects = _make_image(rng)
-        file_name = f"{image_id:05d}.png"
-        cv2.imwrite(os.path.join(image_dir, file_name), image[:, :, ::-1])  # RGB -> BGR file
-        images.append(
-            {"id": image_id, "file_name": file_name, "height": IMAGE_SIZE, "width": IMAGE_SIZE}
-        )
-        for obj in objects:
-            annotations.append(_annotation(obj, len(annotations) + 1, image_id))
-    coco = {
-        "info": {"description": f"sn_detection shapes, {split}, version {VERSION}"},
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CATEGORIES)],
-    }
-    json_file = os.path.join(root, f"{split}.json")
-    tmp = json_file + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(coco, f)
-    os.replace(tmp, json_file)  # the json appears last: its presence means the split is complete
-    return json_file
-
-
-def _is_current(json_file: str) -> bool:
-    if not os.path.isfile(json_file):
-        return False
-    with open(json_file) as f:
-        return json.load(f)["info"]["description"].endswith(f"version {VERSION}")
+    return SHAPES.generate_split(split, root)
 
 
 def prepare_shapes_dataset(root: str = None, splits=tuple(SPLITS)) -> Dict[str, str]:
     """Generate each of ``splits`` (default: all) that is missing or stale (safe across
     processes); returns split -> json path."""
-    root = root or dataset_root()
-    os.makedirs(root, exist_ok=True)
-    paths = {}
-    with FileLock(os.path.join(root, ".lock")):
-        for split in splits:
-            json_file = os.path.join(root, f"{split}.json")
-            if not _is_current(json_file):
-                logger.info(f"Generating the shapes dataset ({split}) in {root} ...")
-                generate_split(split, root)
-            paths[split] = json_file
-    return paths
+    return SHAPES.prepare(root, splits)
 
 
 def register_shapes_dataset() -> None:
     """Register ``sn_shapes_train`` and ``sn_shapes_val``; files are generated on first load."""
-    root = dataset_root()
-    for split in SPLITS:
-        name = f"sn_shapes_{split}"
-        if name in DatasetCatalog.list():
-            continue
-        json_file = os.path.join(root, f"{split}.json")
-        image_root = os.path.join(root, split)
-
-        def load(json_file=json_file, image_root=image_root, name=name, split=split):
-            prepare_shapes_dataset(root, splits=(split,))
-            return load_coco_json(json_file, image_root, name)
-
-        DatasetCatalog.register(name, load)
-        MetadataCatalog.get(name).set(
-            json_file=json_file, image_root=image_root, evaluator_type="coco"
-        )
+    SHAPES.register()
