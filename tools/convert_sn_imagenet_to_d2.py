@@ -47,9 +47,6 @@ def check_against_backbone(conversion: Conversion) -> None:
     cfg.MODEL.RESNETS.NUM_GROUPS = 1
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    # the backbone is built alone, but the builders check the whole model the config describes:
-    # get_cfg()'s default C4 head must be ours for RESNETS.NORM "SN"
-    cfg.MODEL.ROI_HEADS.NAME = "SNRes5ROIHeads"
     builder = BACKBONE_REGISTRY.get(BACKBONE_NAMES[conversion.info.version][1])
     backbone = builder(cfg, ShapeSpec(channels=3))
     fit_to_model(conversion.state, conversion.metadata(), backbone, conversion.source)

@@ -33,6 +33,7 @@ from sn_detection.analysis import sn_modules
 from sn_detection.checkpoint import SNCheckpointer
 from sn_detection.engine import PreciseSN, SNImportanceWriter
 from sn_detection.engine.hooks import WRITER_PERIOD
+from sn_detection.modeling import check_sn_builders
 
 logger = logging.getLogger("sn_detection")
 
@@ -120,6 +121,9 @@ def setup(args):
     add_sn_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    # before anything is built or written: a detectron2 builder given "SN" (it would fail with
+    # KeyError: 'SN' deep in detectron2) is named with our builder to use; so are unknown norms
+    check_sn_builders(cfg)
     if cfg.MODEL.DEVICE == "cuda" and not torch.cuda.is_available():
         logger.warning("No CUDA device: running on the CPU (MODEL.DEVICE cpu).")
         cfg.MODEL.DEVICE = "cpu"

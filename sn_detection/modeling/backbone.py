@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import sn_options
 from ..layers import FrozenSwitchNorm2d, SwitchNorm2d
-from .checks import check_sn_builders, resolve_norm
+from .checks import resolve_norm
 
 
 def with_norm_callables(cfg: CfgNode, nodes: Iterable[str] = ("RESNETS", "FPN")) -> CfgNode:
@@ -79,7 +79,6 @@ def _finish_resnet(resnet: ResNet, cfg: CfgNode) -> ResNet:
 def build_sn_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
     """detectron2's ResNet with ``MODEL.RESNETS.NORM`` from our norm registry ("SN", "SyncSN",
     or any detectron2 norm); SN layers of frozen stages become FrozenSwitchNorm2d."""
-    check_sn_builders(cfg)
     return _finish_resnet(build_resnet_backbone(with_norm_callables(cfg), input_shape), cfg)
 
 
@@ -87,7 +86,6 @@ def build_sn_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
 def build_sn_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
     """detectron2's ResNet-FPN with ``MODEL.RESNETS.NORM`` and ``MODEL.FPN.NORM`` from our norm
     registry; SN layers of frozen stages become FrozenSwitchNorm2d."""
-    check_sn_builders(cfg)
     backbone = build_resnet_fpn_backbone(with_norm_callables(cfg), input_shape)
     _finish_resnet(backbone.bottom_up, cfg)
     return backbone
@@ -98,7 +96,6 @@ def build_sn_retinanet_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec)
     """detectron2's RetinaNet ResNet-FPN (P3-P7: P6/P7 from res5) with ``MODEL.RESNETS.NORM``
     and ``MODEL.FPN.NORM`` from our norm registry; SN layers of frozen stages become
     FrozenSwitchNorm2d. (P6/P7 are plain convs in detectron2: they have no norm.)"""
-    check_sn_builders(cfg)
     backbone = build_retinanet_resnet_fpn_backbone(with_norm_callables(cfg), input_shape)
     _finish_resnet(backbone.bottom_up, cfg)
     return backbone

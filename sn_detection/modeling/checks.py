@@ -3,6 +3,11 @@
 detectron2's builders hand their ``NORM`` key to detectron2's closed ``get_norm``, so "SN" there
 ends in a bare ``KeyError: 'SN'`` from deep inside detectron2. :func:`check_sn_builders` finds
 this (and unknown norm names) from the config alone and says which of our builders to use.
+
+Two depths of checking: each of our builders checks only the norm keys it reads itself (an unknown
+name raises through :func:`resolve_norm`, naming the key), so a part can be built alone (as
+tools/convert_sn_imagenet_to_d2.py builds a backbone). The whole model is checked once, where a
+config is set up (``setup()`` of tools/train_net.py), by :func:`check_sn_builders`.
 """
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -100,8 +105,9 @@ def check_sn_builders(cfg: CfgNode) -> None:
       naming our builder to set instead;
     - a norm name that no builder knows, with the valid names.
 
-    Call it when the config is set up (our builders call it too). Builders it does not know
-    (your own) are left alone.
+    Call it once where the config is set up, before building the model (``build_model`` alone
+    lets detectron2's builders fail with their own KeyError). Builders it does not know (your
+    own) are left alone.
     """
     problems = []
     for builder_key in _builders_in_use(cfg):

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import sn_options
 from ..layers import FrozenSwitchNorm2d, SwitchNorm2d
-from .checks import check_sn_builders, resolve_norm
+from .checks import resolve_norm
 
 __all__ = ["build_sn_regnet_backbone", "build_sn_regnet_fpn_backbone", "finish_regnet"]
 
@@ -61,7 +61,6 @@ def finish_regnet(regnet: RegNet, freeze_at: int, last_gamma: bool = False) -> R
 def build_sn_regnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> RegNet:
     """detectron2's RegNet from ``MODEL.REGNETS`` with ``MODEL.REGNETS.NORM`` from our norm
     registry; SN layers of frozen stages become FrozenSwitchNorm2d."""
-    check_sn_builders(cfg)
     r = cfg.MODEL.REGNETS
     if input_shape.channels != 3:
         raise ValueError(

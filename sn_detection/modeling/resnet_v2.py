@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from ..config import sn_options
 from ..layers import FrozenSwitchNorm2d, get_norm
 from .backbone import freeze_switchnorm, zero_init_last_switchnorm
-from .checks import check_sn_builders, resolve_norm
+from .checks import resolve_norm
 
 __all__ = [
     "PreActBottleneckBlock",
@@ -206,7 +206,6 @@ class ResNetV2(ResNet):
 def build_sn_resnet_v2_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNetV2:
     """Pre-activation ResNet-50/101/152 (the official ResNet v2 + SN layout) with
     ``MODEL.RESNETS.NORM`` from our norm registry ("SN", "SyncSN" or any detectron2 norm)."""
-    check_sn_builders(cfg)
     # fmt: off
     norm                = resolve_norm(cfg.MODEL.RESNETS.NORM, "MODEL.RESNETS.NORM",
                                        **sn_options(cfg))

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..config import sn_options
 from ..layers.norm import NORMS
 from .backbone import with_norm_callables
-from .checks import check_sn_builders, resolve_norm
+from .checks import resolve_norm
 
 __all__ = ["CycleSwitchNormList", "SNRetinaNet"]
 
@@ -60,7 +60,6 @@ class SNRetinaNet(RetinaNet):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
-        check_sn_builders(cfg)
         norm = cfg.MODEL.RETINANET.NORM
         if norm in NORMS:
             levels = len(cfg.MODEL.RETINANET.IN_FEATURES)

@@ -14,7 +14,7 @@ from torch import nn
 from ..config import sn_options
 from ..layers import SwitchNorm2d
 from .backbone import with_norm_callables
-from .checks import check_sn_builders, resolve_norm
+from .checks import resolve_norm
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
@@ -25,7 +25,6 @@ class SNFastRCNNConvFCHead(FastRCNNConvFCHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        check_sn_builders(cfg)
         ret = super().from_config(cfg, input_shape)
         ret["conv_norm"] = resolve_norm(
             cfg.MODEL.ROI_BOX_HEAD.NORM, "MODEL.ROI_BOX_HEAD.NORM", **sn_options(cfg)
@@ -39,7 +38,6 @@ class SNMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        check_sn_builders(cfg)
         ret = super().from_config(cfg, input_shape)
         ret["conv_norm"] = resolve_norm(
             cfg.MODEL.ROI_MASK_HEAD.NORM, "MODEL.ROI_MASK_HEAD.NORM", **sn_options(cfg)
@@ -55,11 +53,6 @@ class SNRes5ROIHeads(Res5ROIHeads):
     res5 here is trained (FREEZE_AT freezes only backbone stages), so its SN layers stay
     trainable. Its norms see all RoIs of the batch as the batch dimension.
     """
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        check_sn_builders(cfg)
-        return super().from_config(cfg, input_shape)
 
     @classmethod
     def _build_res5_block(cls, cfg):

@@ -4,7 +4,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 
 from ..config import sn_options
-from .checks import check_sn_builders, resolve_norm
+from .checks import resolve_norm
 
 __all__ = ["SNSemSegFPNHead"]
 
@@ -17,7 +17,6 @@ class SNSemSegFPNHead(SemSegFPNHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        check_sn_builders(cfg)
         ret = super().from_config(cfg, input_shape)
         ret["norm"] = resolve_norm(
             cfg.MODEL.SEM_SEG_HEAD.NORM, "MODEL.SEM_SEG_HEAD.NORM", **sn_options(cfg)

@@ -121,3 +121,20 @@ def test_another_option_after_the_overrides_names_where_it_belongs(capsys):
     with pytest.raises(SystemExit):
         _train_net_module().parse_args(["--config-file", "c.yaml", "SEED", "1", "--num-gpus", "2"])
     assert "--num-gpus comes after the KEY VALUE config overrides" in capsys.readouterr().err
+
+
+def test_setup_names_the_sn_builder_for_a_stock_config_given_sn(tmp_path):
+    # detectron2's own Mask R-CNN config with SN: setup() fails before anything is built or
+    # written, naming our builder (instead of detectron2's KeyError: 'SN' from deep inside)
+    import pytest
+    from detectron2 import model_zoo
+
+    train_net = _train_net_module()
+    config = model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml")
+    args = train_net.parse_args(
+        ["--config-file", config, "MODEL.RESNETS.NORM", "SN", "OUTPUT_DIR", str(tmp_path / "o")]
+    )
+    expected = "set MODEL.BACKBONE.NAME to 'build_sn_resnet_fpn_backbone'"
+    with pytest.raises(ValueError, match=expected):
+        train_net.setup(args)
+    assert not (tmp_path / "o").exists()
