@@ -251,34 +251,15 @@ def load_config(path, *opts):
 
 
 def build_evaluator(cfg, dataset_name: str, output_dir: str):
-    """The evaluator of a shapes dataset: COCO (box/mask/keypoints, with the config's OKS sigmas),
-    plus semantic segmentation for a panoptic dataset. ``output_dir`` holds the COCO json that
-    the evaluator converts (it is remembered in the dataset's metadata for the process: use one
-    directory per process)."""
-    from detectron2.data import MetadataCatalog
-    from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
+    """The evaluator tools/train_net.py uses for ``dataset_name`` (COCO with the config's OKS
+    sigmas, plus semantic segmentation for a panoptic dataset). ``output_dir`` holds the COCO
+    json that the evaluator converts (it is remembered in the dataset's metadata for the process:
+    use one directory per process)."""
+    from sn_detection.evaluation import build_sn_evaluator
 
-    meta = MetadataCatalog.get(dataset_name)
-    coco = COCOEvaluator(
-        dataset_name,
-        output_dir=output_dir,
-        kpt_oks_sigmas=tuple(cfg.TEST.KEYPOINT_OKS_SIGMAS),
+    return build_sn_evaluator(
+        dataset_name, output_dir, kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS
     )
-    if hasattr(meta, "stuff_classes"):
-        # detectron2's default loader passes copy=False to np.array, which numpy 2 refuses
-        semseg = SemSegEvaluator(
-            dataset_name, output_dir=output_dir, sem_seg_loading_fn=_load_label_map
-        )
-        return DatasetEvaluators([semseg, coco])
-    return coco
-
-
-def _load_label_map(path: str, dtype=int):
-    import numpy as np
-    from PIL import Image
-
-    with open(path, "rb") as f:
-        return np.asarray(Image.open(f), dtype=dtype)
 
 
 def train_and_evaluate(cfg, output_dir: str, max_eval_images: int = 4) -> tuple:

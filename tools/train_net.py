@@ -24,7 +24,7 @@ from detectron2.engine import (
     hooks,
     launch,
 )
-from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -33,6 +33,7 @@ from sn_detection.analysis import sn_modules
 from sn_detection.checkpoint import SNCheckpointer
 from sn_detection.engine import PreciseSN, SNImportanceWriter
 from sn_detection.engine.hooks import WRITER_PERIOD
+from sn_detection.evaluation import build_sn_evaluator
 from sn_detection.modeling import check_sn_builders
 
 logger = logging.getLogger("sn_detection")
@@ -113,7 +114,9 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        return build_sn_evaluator(
+            dataset_name, output_folder, kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS
+        )
 
 
 def setup(args):
