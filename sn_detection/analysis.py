@@ -121,14 +121,17 @@ def importances_from_logits(
     for i, (name, m, _) in enumerate(items):
         part, short = part_of(name)
         mean, var = rows[i]
-        layers.append(LayerImportance(name, part, short, _shares(mean), _shares(var), len(mean) == 3))
+        layers.append(
+            LayerImportance(name, part, short, _shares(mean), _shares(var), len(mean) == 3)
+        )
     order = sorted(range(len(layers)), key=lambda i: (_part_rank(layers[i].part), i))
     return [layers[i] for i in order]
 
 
 def sn_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """(name, module) of every SN layer of ``model`` (trainable, synchronized and frozen), with
-    the name a checkpoint of the model uses (a DistributedDataParallel wrapper is looked through)."""
+    the name a checkpoint of the model uses (a DistributedDataParallel wrapper is looked
+    through)."""
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     return [
@@ -222,18 +225,15 @@ def summarize(layers: Sequence[LayerImportance]) -> Dict[str, Dict[str, Any]]:
     for layer in layers:
         parts.setdefault(layer.part, []).append(layer)
     return OrderedDict(
-        (
-            part,
-            {
-                "layers": len(members),
-                **{
-                    stat: {b: sum(getattr(m, stat)[b] for m in members) / len(members) for b in BRANCHES}
-                    for stat in STATS
-                },
-            },
-        )
-        for part, members in parts.items()
+        (part, {"layers": len(members), **_mean_shares(members)}) for part, members in parts.items()
     )
+
+
+def _mean_shares(layers: Sequence[LayerImportance]) -> Dict[str, Shares]:
+    return {
+        stat: {b: sum(getattr(m, stat)[b] for m in layers) / len(layers) for b in BRANCHES}
+        for stat in STATS
+    }
 
 
 def scalar_name(part: str, stat: str, branch: str) -> str:
@@ -348,7 +348,9 @@ def align(
             if layer.short_name not in seen:
                 seen.add(layer.short_name)
                 names.append((layer.short_name, layer.part))
-    order = sorted(range(len(names)), key=lambda i: (_part_rank(names[i][1]), _first_part(names, i), i))
+    order = sorted(
+        range(len(names)), key=lambda i: (_part_rank(names[i][1]), _first_part(names, i), i)
+    )
     return [(names[i][0], names[i][1], [r.get(names[i][0]) for r in by_run]) for i in order]
 
 
@@ -383,7 +385,7 @@ def report(runs: Sequence[Importances], labels: Sequence[str]) -> Dict[str, Any]
     if len(runs) == 2:
         a, b = (r.summary() for r in runs)
         out["difference"] = {
-            part: {stat: {x: b[part][stat][x] - a[part][stat][x] for x in BRANCHES} for stat in STATS}
+            part: {s: {x: b[part][s][x] - a[part][s][x] for x in BRANCHES} for s in STATS}
             for part in a
             if part in b
         }
