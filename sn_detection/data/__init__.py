@@ -1,9 +1,12 @@
 """Datasets: importing this registers the embedded shapes dataset with detectron2, its
-keypoint and panoptic versions (``shapes_tasks``), and the harder ``sn_clutter`` dataset."""
+keypoint and panoptic versions (``shapes_tasks``), the harder ``sn_clutter`` dataset, and the
+COCO files a tool passed in the environment (``user_coco``)."""
 from .clutter import register_clutter_dataset
 from .shapes import prepare_shapes_dataset, register_shapes_dataset
 from .shapes_tasks import KEYPOINT_OKS_SIGMAS, register_shapes_task_datasets
+from .user_coco import register_env_datasets
 
 register_shapes_dataset()
 register_shapes_task_datasets()
 register_clutter_dataset()
+register_env_datasets()
