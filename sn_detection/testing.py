@@ -8,10 +8,12 @@ Nothing in the library imports this module. It holds
   layer through its kernels and through the reference, and gradcheck of a layer;
 - ``run_distributed`` and ``count_collectives``: several CPU processes on gloo, and counting the
   torch.distributed collectives a block makes;
-- ``REPO``, ``CONFIGS``, ``load_config``: the repository's config files (source checkouts only).
+- ``REPO``, ``CONFIGS``, ``load_config``: the repository's config files (source checkouts only);
+- ``copypaste_metrics``: the metrics in a log of detectron2's evaluation.
 """
 import os
 import pathlib
+import re
 import tempfile
 import time
 from contextlib import contextmanager
@@ -245,6 +247,24 @@ def load_config(path, *opts):
     cfg.merge_from_file(str(path))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
     return cfg
+
+
+def copypaste_metrics(log: str) -> Dict[str, Dict[str, float]]:
+    """{task: {metric: value}} from the 'copypaste' lines detectron2's evaluation logs."""
+    metrics: Dict[str, Dict[str, float]] = {}
+    task, names = None, None
+    for line in log.splitlines():
+        m = re.search(r"copypaste: (.*)$", line)
+        if not m:
+            continue
+        text = m.group(1)
+        if text.startswith("Task: "):
+            task, names = text[len("Task: "):], None
+        elif names is None:
+            names = text.split(",")
+        else:
+            metrics[task] = dict(zip(names, map(float, text.split(","))))
+    return metrics
 
 
 # -- smoke training ------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Builders registered with detectron2's registries when this package is imported: backbones
 (ResNet, ResNet-FPN, RetinaNet ResNet-FPN, ResNet v2, RegNet), RoI heads (box, mask, C4 res5),
 the semantic FPN head and the RetinaNet meta-architecture, each taking SN/SyncSN or any
-detectron2 norm; ``check_sn_builders`` names the builder to use for a detectron2 one."""
+detectron2 norm; ``check_sn_builders`` names the builder to use for a detectron2 one. The
+LazyConfig constructors (``sn_resnet``, ``sn_fpn``, ...) and ``check_lazy_norms`` are in
+:mod:`.lazy`."""
 from .backbone import (
     build_sn_resnet_backbone,
     build_sn_resnet_fpn_backbone,
@@ -10,6 +12,16 @@ from .backbone import (
     with_norm_callables,
 )
 from .checks import SN_BUILDERS, check_sn_builders, sn_builder_for
+from .lazy import (
+    check_lazy_norms,
+    sn_basic_stem,
+    sn_fpn,
+    sn_regnet,
+    sn_resnet,
+    sn_resnet_stage,
+    sn_resnet_stages,
+    sn_retinanet_head,
+)
 from .regnet import build_sn_regnet_backbone, build_sn_regnet_fpn_backbone
 from .resnet_v2 import build_sn_resnet_v2_backbone, build_sn_resnet_v2_fpn_backbone
 from .retinanet import CycleSwitchNormList, SNRetinaNet

@@ -47,19 +47,24 @@ def freeze_switchnorm(resnet: ResNet, freeze_at: int) -> ResNet:
     return resnet
 
 
+def zero_init_last_switchnorm_of(blocks: Iterable[nn.Module]) -> None:
+    """Start the last SN of each residual block of ``blocks`` with weight 0; in pre-activation
+    (v2) blocks that is ``norm3``, so the branch first outputs conv3(ReLU(0)) = 0."""
+    for block in blocks:
+        if isinstance(block, BottleneckBlock):
+            last = block.conv3.norm
+        elif isinstance(block, BasicBlock):
+            last = block.conv2.norm
+        else:
+            last = getattr(block, "norm3", None)  # resnet_v2.PreActBottleneckBlock
+        if isinstance(last, SwitchNorm2d):
+            nn.init.zeros_(last.weight)
+
+
 def zero_init_last_switchnorm(resnet: ResNet) -> None:
-    """Start the last SN of every residual block with weight 0 (MODEL.SN.LAST_GAMMA); in
-    pre-activation (v2) blocks that is ``norm3``, so the branch first outputs conv3(ReLU(0)) = 0."""
-    for stage in resnet.stages:
-        for block in stage.children():
-            if isinstance(block, BottleneckBlock):
-                last = block.conv3.norm
-            elif isinstance(block, BasicBlock):
-                last = block.conv2.norm
-            else:
-                last = getattr(block, "norm3", None)  # resnet_v2.PreActBottleneckBlock
-            if isinstance(last, SwitchNorm2d):
-                nn.init.zeros_(last.weight)
+    """Start the last SN of every residual block of ``resnet`` with weight 0
+    (MODEL.SN.LAST_GAMMA)."""
+    zero_init_last_switchnorm_of(block for stage in resnet.stages for block in stage.children())
 
 
 def finish_resnet(resnet: ResNet, freeze_at: int, last_gamma: bool = False) -> ResNet:

@@ -4,7 +4,7 @@ detectron2 builds ``RetinaNetHead`` inside ``RetinaNet.from_config`` (no head re
 seam is the meta-architecture: :class:`SNRetinaNet` builds detectron2's head with our norm.
 """
 import functools
-from typing import Callable
+from typing import Any, Callable, Union
 
 from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -12,11 +12,11 @@ from detectron2.modeling.meta_arch import RetinaNet
 from torch import Tensor, nn
 
 from ..config import sn_options
-from ..layers.norm import NORMS
+from ..layers.norm import NORMS, NormSpec
 from .backbone import with_norm_callables
 from .checks import resolve_norm
 
-__all__ = ["CycleSwitchNormList", "SNRetinaNet"]
+__all__ = ["CycleSwitchNormList", "SNRetinaNet", "retinanet_head_norm"]
 
 
 class CycleSwitchNormList(nn.ModuleList):
@@ -49,6 +49,19 @@ class CycleSwitchNormList(nn.ModuleList):
         return out
 
 
+def retinanet_head_norm(
+    norm: NormSpec, levels: int, where: str, **sn_options: Any
+) -> Union[str, Callable[[int], nn.Module]]:
+    """What detectron2's ``RetinaNetHead`` takes as ``norm`` for ``levels`` FPN levels: for
+    "SN"/"SyncSN", per-level statistics (:class:`CycleSwitchNormList`); any other norm unchanged
+    (the head itself keeps per-level statistics for "BN" and "SyncBN"). An unknown name raises a
+    ValueError naming ``where``."""
+    resolved = resolve_norm(norm, where, **sn_options)
+    if isinstance(norm, str) and norm in NORMS:
+        return functools.partial(CycleSwitchNormList, levels, resolved)
+    return norm
+
+
 @META_ARCH_REGISTRY.register()
 class SNRetinaNet(RetinaNet):
     """detectron2's RetinaNet whose head takes ``MODEL.RETINANET.NORM`` from our norm registry.
@@ -60,16 +73,13 @@ class SNRetinaNet(RetinaNet):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
-        norm = cfg.MODEL.RETINANET.NORM
-        if norm in NORMS:
-            levels = len(cfg.MODEL.RETINANET.IN_FEATURES)
-            resolved = resolve_norm(norm, "MODEL.RETINANET.NORM", **sn_options(cfg))
+        norm = retinanet_head_norm(
+            cfg.MODEL.RETINANET.NORM,
+            len(cfg.MODEL.RETINANET.IN_FEATURES),
+            "MODEL.RETINANET.NORM",
+            **sn_options(cfg),
+        )
+        if norm is not cfg.MODEL.RETINANET.NORM:
             cfg = with_norm_callables(cfg, ())
-            dict.__setitem__(
-                cfg.MODEL.RETINANET,
-                "NORM",
-                functools.partial(CycleSwitchNormList, levels, resolved),
-            )
-        else:
-            resolve_norm(norm, "MODEL.RETINANET.NORM")  # an unknown name raises, naming the key
+            dict.__setitem__(cfg.MODEL.RETINANET, "NORM", norm)
         return super().from_config(cfg)

@@ -1,6 +1,5 @@
 """RoI heads whose norms may be SN, SyncSN or any detectron2 norm: the conv+fc box head (also in
 Cascade R-CNN's stages), the mask head, and the res5 head of C4 models."""
-from detectron2.modeling.backbone.resnet import BottleneckBlock
 from detectron2.modeling.roi_heads import (
     ROI_BOX_HEAD_REGISTRY,
     ROI_HEADS_REGISTRY,
@@ -9,19 +8,21 @@ from detectron2.modeling.roi_heads import (
     MaskRCNNConvUpsampleHead,
     Res5ROIHeads,
 )
-from torch import nn
 
 from ..config import sn_options
-from ..layers import SwitchNorm2d
-from .backbone import with_norm_callables
+from .backbone import with_norm_callables, zero_init_last_switchnorm_of
 from .checks import resolve_norm
+from .lazy import NamedNorm
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
-class SNFastRCNNConvFCHead(FastRCNNConvFCHead):
+class SNFastRCNNConvFCHead(NamedNorm, FastRCNNConvFCHead):
     """detectron2's conv+fc box head (e.g. 4conv1fc) with ``MODEL.ROI_BOX_HEAD.NORM`` resolved by
     our norm registry. Its norms see all RoIs of the batch as the batch dimension. Cascade R-CNN
-    builds one per stage from the same keys (``MODEL.ROI_BOX_HEAD.NAME``)."""
+    builds one per stage from the same keys (``MODEL.ROI_BOX_HEAD.NAME``).
+
+    In a LazyConfig, ``conv_norm`` is a name ("SN", "GN", ...) and ``sn_options`` the options of
+    SN layers (:mod:`sn_detection.modeling.lazy`)."""
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -33,8 +34,9 @@ class SNFastRCNNConvFCHead(FastRCNNConvFCHead):
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
-class SNMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
-    """detectron2's mask head with ``MODEL.ROI_MASK_HEAD.NORM`` resolved by our norm registry."""
+class SNMaskRCNNConvUpsampleHead(NamedNorm, MaskRCNNConvUpsampleHead):
+    """detectron2's mask head with ``MODEL.ROI_MASK_HEAD.NORM`` resolved by our norm registry; in
+    a LazyConfig, ``conv_norm`` is a name and ``sn_options`` the options of SN layers."""
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -58,10 +60,7 @@ class SNRes5ROIHeads(Res5ROIHeads):
     def _build_res5_block(cls, cfg):
         res5, out_channels = super()._build_res5_block(with_norm_callables(cfg, ("RESNETS",)))
         if cfg.MODEL.SN.LAST_GAMMA:
-            for block in res5:
-                last = block.conv3.norm if isinstance(block, BottleneckBlock) else None
-                if isinstance(last, SwitchNorm2d):
-                    nn.init.zeros_(last.weight)
+            zero_init_last_switchnorm_of(res5)
         return res5, out_channels
 
 

@@ -5,15 +5,19 @@ from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 
 from ..config import sn_options
 from .checks import resolve_norm
+from .lazy import NamedNorm
 
 __all__ = ["SNSemSegFPNHead"]
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class SNSemSegFPNHead(SemSegFPNHead):
+class SNSemSegFPNHead(NamedNorm, SemSegFPNHead):
     """detectron2's semantic FPN head (used by ``PanopticFPN`` and ``SemanticSegmentor``) whose
     conv norms take ``MODEL.SEM_SEG_HEAD.NORM`` from our norm registry ("SN", "SyncSN" or any
-    detectron2 norm). Each scale branch has its own norms, so SN keeps per-level statistics."""
+    detectron2 norm). Each scale branch has its own norms, so SN keeps per-level statistics.
+    In a LazyConfig, ``norm`` is a name and ``sn_options`` the options of SN layers."""
+
+    _norm_arg = "norm"
 
     @classmethod
     def from_config(cls, cfg, input_shape):

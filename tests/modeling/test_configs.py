@@ -1,4 +1,4 @@
-"""Every shipped config loads and builds a model."""
+"""Every shipped config, YAML and Python (LazyConfig), loads and builds a model."""
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -37,6 +37,32 @@ def test_config_loads_and_builds(path):
     if hasattr(model, "roi_heads"):  # not RetinaNet
         assert hasattr(model.roi_heads, "mask_head") == cfg.MODEL.MASK_ON
         assert hasattr(model.roi_heads, "keypoint_head") == cfg.MODEL.KEYPOINT_ON
+
+
+LAZY_CONFIGS = sorted((CONFIGS / "LazyConfig").rglob("*.py"))
+
+
+def test_lazy_configs_are_found():
+    names = {str(p.relative_to(CONFIGS / "LazyConfig")) for p in LAZY_CONFIGS}
+    assert {
+        "mask_rcnn_R_50_FPN_2x_sn.py",
+        "mask_rcnn_R_50_FPN_2x_syncsn.py",
+        "quick_schedules/mask_rcnn_sn_smoke.py",
+    } <= names
+
+
+@pytest.mark.parametrize("path", LAZY_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_lazy_config_loads_and_builds(path):
+    # the files under common/ are parts that the others import; those with a model build it
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.load(str(path))
+    if "common" not in path.parts:
+        assert {"model", "optimizer", "dataloader", "train", "lr_multiplier"} <= set(cfg)
+    if "model" in cfg:
+        torch.manual_seed(0)
+        model = instantiate(cfg.model)
+        assert sum(p.numel() for p in model.parameters()) > 0
 
 
 def test_detectron2_model_zoo_get_config_works():

@@ -1,10 +1,9 @@
 """End to end: tools/train_net.py trains a few iterations, then --eval-only reports COCO AP."""
 import os
-import re
 import subprocess
 import sys
 
-from sn_detection.testing import CONFIGS, REPO
+from sn_detection.testing import CONFIGS, REPO, copypaste_metrics
 
 SMOKE = CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml"
 
@@ -19,36 +18,19 @@ def _train_net(*args, timeout=600, **env_vars):
     return proc.stdout + proc.stderr
 
 
-def _copypaste_metrics(log):
-    """{task: {metric: value}} from detectron2's 'copypaste' lines."""
-    metrics, task, names = {}, None, None
-    for line in log.splitlines():
-        m = re.search(r"copypaste: (.*)$", line)
-        if not m:
-            continue
-        text = m.group(1)
-        if text.startswith("Task: "):
-            task, names = text[len("Task: "):], None
-        elif names is None:
-            names = text.split(",")
-        else:
-            metrics[task] = dict(zip(names, map(float, text.split(","))))
-    return metrics
-
-
 def test_train_then_eval_only_report_coco_box_and_mask_ap(tmp_path):
     out = tmp_path / "run"
     log = _train_net("--config-file", str(SMOKE), "OUTPUT_DIR", str(out))
     assert "Starting training from iteration 0" in log
     assert (out / "model_final.pth").is_file()
-    metrics = _copypaste_metrics(log)
+    metrics = copypaste_metrics(log)
     assert set(metrics) == {"bbox", "segm"}, log[-2000:]
 
     log = _train_net(
         "--config-file", str(SMOKE), "--eval-only",
         "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval"),
     )
-    eval_metrics = _copypaste_metrics(log)
+    eval_metrics = copypaste_metrics(log)
     assert set(eval_metrics) == {"bbox", "segm"}
     for task in ("bbox", "segm"):
         assert set(eval_metrics[task]) >= {"AP", "AP50", "AP75"}
@@ -66,7 +48,7 @@ def test_two_process_syncsn_run_trains_and_reports_coco_ap(tmp_path):
     )
     assert "Rank of current process: 0. World size: 2" in log
     assert "SyncSwitchNorm2d" in log  # the model printed at start-up uses SyncSN
-    assert set(_copypaste_metrics(log)) == {"bbox", "segm"}
+    assert set(copypaste_metrics(log)) == {"bbox", "segm"}
     assert (tmp_path / "model_final.pth").is_file()
 
 
@@ -81,7 +63,7 @@ def test_compiled_mixer_trains_and_evaluates_without_falling_back(tmp_path):
     )
     assert "torch.compile of SN's" not in log  # the warning of a fallback to eager
     assert "recompile_limit" not in log
-    assert set(_copypaste_metrics(log)) == {"bbox", "segm"}
+    assert set(copypaste_metrics(log)) == {"bbox", "segm"}
 
 
 def test_trainer_init_still_mirrors_detectron2():

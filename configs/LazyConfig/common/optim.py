@@ -1,0 +1,21 @@
+# detectron2's common/optim.py SGD with SN-aware parameter groups, as tools/train_net.py builds it
+# from SOLVER.* and MODEL.SN.WEIGHT_DECAY_IMPORTANCE: SN weight and bias take weight_decay_norm
+# (as BatchNorm/GroupNorm ones), the importance logits weight_decay_importance.
+import torch
+from detectron2.config import LazyCall as L
+
+from sn_detection.solver import get_sn_optimizer_params
+
+SGD = L(torch.optim.SGD)(
+    params=L(get_sn_optimizer_params)(
+        # params.model is set to the model by tools/lazyconfig_train_net.py before instantiating
+        base_lr="${..lr}",
+        weight_decay_norm=0.0,  # no weight decay on SN weight/bias, as in SN's detection code
+        weight_decay_importance=0.0,
+    ),
+    lr=0.02,
+    momentum=0.9,
+    nesterov=False,
+    weight_decay=1e-4,
+    foreach=True,
+)

@@ -1,0 +1,246 @@
+"""LazyConfig constructors whose norm is a plain name, and a check of a LazyConfig model's norms.
+
+detectron2's LazyConfig models (``model_zoo.get_config("common/models/mask_rcnn_fpn.py")``) pass
+``norm="FrozenBN"`` strings to its constructors, which resolve them with detectron2's closed
+``get_norm``: "SN" there is a ``KeyError``. A norm callable would build SN layers, but is not a
+value ``LazyConfig.save`` can write, and two things would still differ from the YAML route:
+``ResNet(freeze_at=...)`` leaves the SN layers of frozen stages trainable (detectron2's freeze
+converts only BatchNorm), and detectron2's ``get_default_optimizer_params`` decays SN parameters.
+
+So the LazyConfig route uses the same pieces as the YAML builders (:mod:`.backbone`,
+:mod:`.roi_heads`, :mod:`.retinanet`, :mod:`.regnet`), through constructors that take
+
+- ``norm``: a name of :func:`sn_detection.layers.valid_norm_names` ("SN", "SyncSN", "GN", ...;
+  "" for none), a plain value that saves to YAML and can be overridden (``model.backbone.norm=GN``);
+- ``sn_options``: the options of SN/SyncSN layers (``eps``, ``momentum``,
+  ``using_moving_average``, ``using_bn``; MODEL.SN of the YAML configs). The shipped configs keep
+  them once, in the top-level ``sn`` node, and pass ``"${sn}"`` to every constructor.
+
+Each stands for one detectron2 target (``LAZY_SN_TARGETS``): functions that return detectron2's
+own modules (``sn_basic_stem``, ``sn_resnet_stages``, ``sn_resnet``, ``sn_fpn``,
+``sn_resnet_stage``, ``sn_retinanet_head``, ``sn_regnet``), and the YAML route's head classes,
+which also take a name (:class:`NamedNorm`: ``SNFastRCNNConvFCHead``,
+``SNMaskRCNNConvUpsampleHead``, ``SNSemSegFPNHead``), so both routes build the same module types.
+The optimizer: ``sn_detection.solver.get_sn_optimizer_params`` as ``optimizer.params``
+(configs/LazyConfig/common/optim.py). :func:`check_lazy_norms` names, before anything is built,
+each detectron2 target given an SN name and the constructor to use instead.
+"""
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+
+from detectron2.config import configurable
+from detectron2.modeling.backbone import FPN, BasicStem, RegNet, ResNet
+from detectron2.modeling.backbone.resnet import CNNBlockBase
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
+from detectron2.modeling.roi_heads import FastRCNNConvFCHead, MaskRCNNConvUpsampleHead
+from detectron2.utils.registry import locate
+from omegaconf import DictConfig, ListConfig
+from torch import nn
+
+from ..layers import valid_norm_names
+from ..layers.norm import NORMS, NormSpec
+from .backbone import finish_resnet, zero_init_last_switchnorm_of
+from .checks import resolve_norm, unknown_norm_message
+from .regnet import finish_regnet
+from .retinanet import retinanet_head_norm
+
+__all__ = [
+    "sn_basic_stem",
+    "sn_resnet_stages",
+    "sn_resnet",
+    "sn_fpn",
+    "sn_resnet_stage",
+    "sn_retinanet_head",
+    "sn_regnet",
+    "NamedNorm",
+    "check_lazy_norms",
+]
+
+SNOptions = Optional[Mapping[str, Any]]
+
+
+def lazy_norm(
+    norm: NormSpec, sn_options: SNOptions, where: str
+) -> Union[str, Callable[[int], nn.Module]]:
+    """``norm`` (a name, "" or a callable) as detectron2's blocks take it; an unknown name raises
+    a ValueError naming ``where`` and listing the valid names."""
+    return resolve_norm(norm, where, **dict(sn_options or {}))
+
+
+def sn_basic_stem(
+    norm: NormSpec = "SN", sn_options: SNOptions = None, **kwargs: Any
+) -> BasicStem:
+    """detectron2's :class:`BasicStem` (``in_channels``, ``out_channels``) with ``norm`` from our
+    registry."""
+    return BasicStem(norm=lazy_norm(norm, sn_options, "sn_basic_stem's norm"), **kwargs)
+
+
+def sn_resnet_stages(
+    depth: int, norm: NormSpec = "SN", sn_options: SNOptions = None, **kwargs: Any
+) -> List[List[CNNBlockBase]]:
+    """``ResNet.make_default_stages(depth, **kwargs)`` with ``norm`` from our registry (e.g.
+    ``stride_in_1x1=False`` for the ImageNet SN checkpoints)."""
+    norm = lazy_norm(norm, sn_options, "sn_resnet_stages' norm")
+    return ResNet.make_default_stages(depth, norm=norm, **kwargs)
+
+
+def sn_resnet(
+    stem: nn.Module,
+    stages: List[List[CNNBlockBase]],
+    freeze_at: int = 0,
+    last_gamma: bool = False,
+    **kwargs: Any,
+) -> ResNet:
+    """detectron2's :class:`ResNet` (``out_features``, ``num_classes``), finished as the YAML
+    builders finish it: the last SN of every block starts with weight 0 when ``last_gamma``
+    (MODEL.SN.LAST_GAMMA), and the SN layers of the stages frozen by ``freeze_at`` become
+    FrozenSwitchNorm2d."""
+    resnet = ResNet(stem, stages, freeze_at=freeze_at, **kwargs)
+    return finish_resnet(resnet, freeze_at, last_gamma)
+
+
+def sn_fpn(norm: NormSpec = "SN", sn_options: SNOptions = None, **kwargs: Any) -> FPN:
+    """detectron2's :class:`FPN` (``bottom_up``, ``in_features``, ``out_channels``,
+    ``top_block``, ...) with ``norm`` from our registry."""
+    return FPN(norm=lazy_norm(norm, sn_options, "sn_fpn's norm"), **kwargs)
+
+
+def sn_resnet_stage(
+    norm: NormSpec = "SN", sn_options: SNOptions = None, last_gamma: bool = False, **kwargs: Any
+) -> List[CNNBlockBase]:
+    """``ResNet.make_stage(**kwargs)`` with ``norm`` from our registry: the res5 head of C4
+    models (``Res5ROIHeads(res5=...)``, whose SN layers train). ``last_gamma`` as in
+    :func:`sn_resnet`."""
+    norm = lazy_norm(norm, sn_options, "sn_resnet_stage's norm")
+    blocks = ResNet.make_stage(norm=norm, **kwargs)
+    if last_gamma:
+        zero_init_last_switchnorm_of(blocks)
+    return blocks
+
+
+def sn_retinanet_head(
+    norm: NormSpec = "SN", sn_options: SNOptions = None, **kwargs: Any
+) -> RetinaNetHead:
+    """detectron2's :class:`RetinaNetHead` (``input_shape``, ``num_classes``, ``num_anchors``,
+    ``conv_dims``, ...) with ``norm`` from our registry; SN/SyncSN keep per-level running
+    statistics (:class:`~.retinanet.CycleSwitchNormList`), as from YAML."""
+    levels = len(kwargs["input_shape"])
+    norm = retinanet_head_norm(norm, levels, "sn_retinanet_head's norm", **dict(sn_options or {}))
+    return RetinaNetHead(norm=norm, **kwargs)
+
+
+def sn_regnet(
+    norm: NormSpec = "SN",
+    sn_options: SNOptions = None,
+    freeze_at: int = 0,
+    last_gamma: bool = False,
+    **kwargs: Any,
+) -> RegNet:
+    """detectron2's :class:`RegNet` with ``norm`` from our registry, finished as the YAML builder
+    finishes it (``last_gamma``; SN layers of frozen stages become FrozenSwitchNorm2d)."""
+    norm = lazy_norm(norm, sn_options, "sn_regnet's norm")
+    regnet = RegNet(norm=norm, freeze_at=freeze_at, **kwargs)
+    return finish_regnet(regnet, freeze_at, last_gamma)
+
+
+class NamedNorm:
+    """Mixin of our subclasses of detectron2's heads: the norm argument (``_norm_arg``) may be a
+    norm name, built with ``sn_options``, as well as a callable (what the YAML route passes)."""
+
+    _norm_arg = "conv_norm"
+
+    @configurable
+    def __init__(self, input_shape: Any, *, sn_options: SNOptions = None, **kwargs: Any):
+        arg = self._norm_arg
+        where = f"{type(self).__name__}'s {arg}"
+        kwargs[arg] = lazy_norm(kwargs.get(arg, ""), sn_options, where)
+        # by keyword: a LazyConfig input_shape may be a DictConfig (SemSegFPNHead's), which
+        # detectron2's @configurable would take for a config if it came first
+        super().__init__(input_shape=input_shape, **kwargs)
+
+
+# detectron2's LazyConfig targets that read a norm -> our constructor to use for SN/SyncSN
+LAZY_SN_TARGETS: Dict[Callable, str] = {
+    BasicStem: "sn_basic_stem",
+    ResNet.make_default_stages: "sn_resnet_stages",
+    FPN: "sn_fpn",
+    FastRCNNConvFCHead: "SNFastRCNNConvFCHead",
+    MaskRCNNConvUpsampleHead: "SNMaskRCNNConvUpsampleHead",
+    ResNet.make_stage: "sn_resnet_stage",
+    RetinaNetHead: "sn_retinanet_head",
+    SemSegFPNHead: "SNSemSegFPNHead",
+    RegNet: "sn_regnet",
+}
+
+
+def _target(node: Any) -> Any:
+    """The object a config node's ``_target_`` names (a callable, or its dotted name after
+    ``LazyConfig.save``); None if it has none or it cannot be found."""
+    target = node.get("_target_")
+    if isinstance(target, str):
+        try:
+            return locate(target)
+        except Exception:  # noqa: BLE001 - instantiate() reports it when it gets there
+            return None
+    return target
+
+
+def _name(target: Any) -> str:
+    return f"{target.__module__}.{target.__qualname__}"
+
+
+def _sn_names_in(node: Any) -> bool:
+    """Whether an SN/SyncSN name appears in a norm argument anywhere in ``node``."""
+    if isinstance(node, (DictConfig, dict)):
+        return any(
+            (k in ("norm", "conv_norm") and isinstance(v, str) and v in NORMS) or _sn_names_in(v)
+            for k, v in node.items()
+        )
+    if isinstance(node, (ListConfig, list)):
+        return any(_sn_names_in(v) for v in node)
+    return False
+
+
+def _problems(node: Any, path: str) -> List[str]:
+    problems: List[str] = []
+    if isinstance(node, (ListConfig, list)):
+        for i, item in enumerate(node):
+            problems += _problems(item, f"{path}[{i}]")
+        return problems
+    if not isinstance(node, (DictConfig, dict)):
+        return problems
+    target = _target(node)
+    for key, value in node.items():
+        if key in ("norm", "conv_norm") and isinstance(value, str) and value:
+            if value not in valid_norm_names():
+                problems.append(unknown_norm_message(f"{path}.{key}", value))
+            elif value in NORMS and target in LAZY_SN_TARGETS:
+                ours = LAZY_SN_TARGETS[target]
+                problems.append(
+                    f"{path}.{key} is {value!r}, but {path}._target_ is {_name(target)}, "
+                    f"which knows only detectron2's norms (it fails with KeyError: {value!r}): "
+                    f"set {path}._target_ to sn_detection.modeling.{ours}, which takes every norm."
+                )
+        elif key != "_target_":
+            problems += _problems(value, f"{path}.{key}")
+    if target is ResNet and node.get("freeze_at", 0) and _sn_names_in(node):
+        problems.append(
+            f"{path}._target_ is detectron2's ResNet, whose freeze_at leaves the SN layers of "
+            f"frozen stages trainable: set {path}._target_ to sn_detection.modeling.sn_resnet."
+        )
+    return problems
+
+
+def check_lazy_norms(cfg: Any, path: str = "model") -> None:
+    """Raise one ValueError listing every problem with the norms of the LazyConfig node ``cfg``
+    (e.g. ``cfg.model``, whose key is ``path``), before anything is built:
+
+    - an unknown norm name, with the valid names;
+    - "SN"/"SyncSN" given to a detectron2 constructor that would fail with ``KeyError: 'SN'``,
+      naming our constructor to set as ``_target_``;
+    - detectron2's ResNet with SN layers and ``freeze_at`` (its frozen stages' SN layers would
+      keep training), naming :func:`sn_resnet`.
+    """
+    problems = list(dict.fromkeys(_problems(cfg, path)))
+    if problems:
+        raise ValueError("\n".join(problems))
