@@ -55,9 +55,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
+from matplotlib.figure import Figure
 
 from sn_detection import add_sn_config  # importing registers the embedded datasets
 from sn_detection.analysis import BRANCHES, STATS, load_importances
+from sn_detection.analysis_plots import save_png
 from sn_detection.data.user_coco import (
     DATASETS_ENV,
     check_coco_files,
@@ -481,14 +483,9 @@ def _band(records, norm: str, curve: str) -> Optional[Band]:
 
 def plot_png(records, norms: Sequence[str], curves: Sequence[Tuple[str, str]], title: str) -> bytes:
     """A PNG with one panel per (curve, y label): per norm the mean over seeds, and a band from
-    the lowest to the highest seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
-    for ax, (curve, ylabel) in zip(axes[0], curves):
+    the lowest to the highest seed (matplotlib's object API: no pyplot, no global state)."""
+    fig = Figure(figsize=(5 * len(curves), 3.6))
+    for ax, (curve, ylabel) in zip(fig.subplots(1, len(curves), squeeze=False)[0], curves):
         for norm in norms:
             band = _band(records, norm, curve)
             if band is None:
@@ -499,12 +496,12 @@ def plot_png(records, norms: Sequence[str], curves: Sequence[Tuple[str, str]], t
         ax.set_xlabel("iteration")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     out = io.BytesIO()
-    fig.savefig(out, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, out)
     return out.getvalue()
 
 
