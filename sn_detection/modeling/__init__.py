@@ -15,6 +15,7 @@ from .checks import SN_BUILDERS, check_sn_builders, sn_builder_for
 from .lazy import (
     check_lazy_norms,
     sn_basic_stem,
+    sn_fcos_head,
     sn_fpn,
     sn_regnet,
     sn_resnet,

@@ -18,8 +18,8 @@ So the LazyConfig route uses the same pieces as the YAML builders (:mod:`.backbo
 
 Each stands for one detectron2 target (``LAZY_SN_TARGETS``): functions that return detectron2's
 own modules (``sn_basic_stem``, ``sn_resnet_stages``, ``sn_resnet``, ``sn_fpn``,
-``sn_resnet_stage``, ``sn_retinanet_head``, ``sn_regnet``), and the YAML route's head classes,
-which also take a name (:class:`NamedNorm`: ``SNFastRCNNConvFCHead``,
+``sn_resnet_stage``, ``sn_retinanet_head``, ``sn_fcos_head``, ``sn_regnet``), and the YAML
+route's head classes, which also take a name (:class:`NamedNorm`: ``SNFastRCNNConvFCHead``,
 ``SNMaskRCNNConvUpsampleHead``, ``SNSemSegFPNHead``), so both routes build the same module types.
 The optimizer: ``sn_detection.solver.get_sn_optimizer_params`` as ``optimizer.params``
 (configs/LazyConfig/common/optim.py). :func:`check_lazy_norms` names, before anything is built,
@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 from detectron2.config import configurable
 from detectron2.modeling.backbone import FPN, BasicStem, RegNet, ResNet
 from detectron2.modeling.backbone.resnet import CNNBlockBase
+from detectron2.modeling.meta_arch.fcos import FCOSHead
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, MaskRCNNConvUpsampleHead
@@ -51,6 +52,7 @@ __all__ = [
     "sn_fpn",
     "sn_resnet_stage",
     "sn_retinanet_head",
+    "sn_fcos_head",
     "sn_regnet",
     "NamedNorm",
     "check_lazy_norms",
@@ -118,15 +120,25 @@ def sn_resnet_stage(
     return blocks
 
 
+def _dense_head(cls: type, norm: NormSpec, sn_options: SNOptions, **kwargs: Any) -> nn.Module:
+    levels = len(kwargs["input_shape"])
+    where = f"{cls.__name__}'s norm"
+    return cls(norm=retinanet_head_norm(norm, levels, where, **dict(sn_options or {})), **kwargs)
+
+
 def sn_retinanet_head(
     norm: NormSpec = "SN", sn_options: SNOptions = None, **kwargs: Any
 ) -> RetinaNetHead:
     """detectron2's :class:`RetinaNetHead` (``input_shape``, ``num_classes``, ``num_anchors``,
     ``conv_dims``, ...) with ``norm`` from our registry; SN/SyncSN keep per-level running
     statistics (:class:`~.retinanet.CycleSwitchNormList`), as from YAML."""
-    levels = len(kwargs["input_shape"])
-    norm = retinanet_head_norm(norm, levels, "sn_retinanet_head's norm", **dict(sn_options or {}))
-    return RetinaNetHead(norm=norm, **kwargs)
+    return _dense_head(RetinaNetHead, norm, sn_options, **kwargs)
+
+
+def sn_fcos_head(norm: NormSpec = "SN", sn_options: SNOptions = None, **kwargs: Any) -> FCOSHead:
+    """detectron2's :class:`FCOSHead` (a RetinaNetHead with a centerness branch) with ``norm``
+    from our registry; SN/SyncSN keep per-level running statistics."""
+    return _dense_head(FCOSHead, norm, sn_options, **kwargs)
 
 
 def sn_regnet(
@@ -168,6 +180,7 @@ LAZY_SN_TARGETS: Dict[Callable, str] = {
     MaskRCNNConvUpsampleHead: "SNMaskRCNNConvUpsampleHead",
     ResNet.make_stage: "sn_resnet_stage",
     RetinaNetHead: "sn_retinanet_head",
+    FCOSHead: "sn_fcos_head",
     SemSegFPNHead: "SNSemSegFPNHead",
     RegNet: "sn_regnet",
 }

@@ -147,6 +147,7 @@ def test_detectron2_constructors_given_sn_name_ours():
 # detectron2's LazyConfig models: the part to give "SN", its norm argument, our constructor
 PARTS = [
     ("common/models/retinanet.py", "head", "norm", "sn_retinanet_head"),
+    ("common/models/fcos.py", "head", "norm", "sn_fcos_head"),
     ("common/models/mask_rcnn_c4.py", "roi_heads.res5", "norm", "sn_resnet_stage"),
     ("common/models/panoptic_fpn.py", "sem_seg_head", "norm", "SNSemSegFPNHead"),
     (
@@ -175,7 +176,7 @@ def test_every_detectron2_lazy_part_with_a_norm_has_an_sn_constructor(config, pa
     modules = torch.nn.Sequential(*built).modules() if isinstance(built, list) else built.modules()
     norms = [m for m in modules if isinstance(m, (SwitchNorm2d, FrozenSwitchNorm2d))]
     assert norms and all(m.eps == 1e-3 for m in norms)
-    if ours == "sn_retinanet_head":  # per-level running statistics, as from YAML
+    if ours in ("sn_retinanet_head", "sn_fcos_head"):  # per-level statistics, as from YAML
         assert any(isinstance(m, CycleSwitchNormList) for m in built.modules())
     if ours == "sn_regnet":  # freeze_at 2: stem and s1 frozen, as from YAML
         assert {type(m) for m in built.stem.modules()} >= {FrozenSwitchNorm2d}
