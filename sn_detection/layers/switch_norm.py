@@ -50,6 +50,10 @@ class _SwitchNormBase(nn.Module):
         self.num_features = num_features
         self.eps = eps
         self.using_bn = using_bn
+        # also an instance attribute: TorchScript then finds it even where the class's own
+        # annotations are replaced (detectron2's scripting_with_instances gives every module class
+        # a new ``__annotations__`` holding only "training", which hides the Final above)
+        self._batch_statistics_in_training = type(self)._batch_statistics_in_training
 
     def _check_input(self, x: Tensor) -> None:
         name = type(self).__name__

@@ -227,6 +227,19 @@ def test_scripted_frozen_layer_runs_in_training_mode():
         torch.testing.assert_close(scripted(INPUTS[0]), model(INPUTS[0]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cls", [SwitchNorm2d, FrozenSwitchNorm2d])
+def test_layers_script_under_detectron2s_scripting_patches(cls):
+    # scripting_with_instances gives each module class a new __annotations__ (only "training")
+    pytest.importorskip("detectron2")
+    from detectron2.export.torchscript_patch import freeze_training_mode
+
+    model = _small_model(cls)
+    with freeze_training_mode(model):
+        scripted = torch.jit.script(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(INPUTS[0]), model(INPUTS[0]), rtol=1e-5, atol=1e-5)
+
+
 def test_empty_input_under_trace_and_script():
     model = _small_model()[1]
     empty = torch.randn(0, 8, 4, 4)
