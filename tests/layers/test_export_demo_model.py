@@ -14,7 +14,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from sn_detection import add_sn_config  # noqa: E402
 from sn_detection.layers import SwitchNorm2d, kernels  # noqa: E402
-from sn_detection.testing import CONFIGS  # noqa: E402
+from sn_detection.testing import CONFIGS, randomize_sn_state  # noqa: E402
 
 
 def _demo_model():
@@ -22,15 +22,7 @@ def _demo_model():
     add_sn_config(cfg)
     cfg.merge_from_file(str(CONFIGS / "quick_schedules/mask_rcnn_sn_demo.yaml"))
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, SwitchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
-                m.mean_weight.normal_()
-                m.var_weight.normal_()
-    return model
+    return randomize_sn_state(build_model(cfg).eval())
 
 
 def _images():

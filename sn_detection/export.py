@@ -1,0 +1,307 @@
+"""Export of SN models for deployment: what ``tools/deploy/export_model.py`` runs.
+
+SN layers need no special handling beyond eval mode: under ``torch.jit.trace``,
+``torch.jit.script``, ``torch.export`` and the ONNX exporter they run the portable inference path
+(``layers/portable.py``), so the exported files hold only aten (and torchvision) operators and run
+where sn_detection is not installed. SyncSN layers are reverted to SN first
+(:meth:`SyncSwitchNorm2d.revert_sync_switchnorm`): inference has no processes to synchronise.
+
+Methods (the names of detectron2's tool), what each writes and what each covers:
+
+- ``tracing``: ``torch.jit.trace`` of detectron2's ``TracingAdapter`` (``model.ts``, TorchScript)
+  or ``torch.onnx.export`` of the same adapter (``model.onnx``, opset 17, dynamic height and
+  width). The whole model. Input: one image tensor (3, H, W), pixels in ``INPUT.FORMAT`` already
+  resized; output: the flattened fields of the output ``Instances`` (for R-CNN, before the final
+  resize of ``detector_postprocess``: 28x28 RoI masks, boxes in the input's coordinates).
+- ``scripting``: detectron2's ``scripting_with_instances`` (``model.ts``). The whole model, input
+  ``({"image": tensor},)``, output a list of dicts of the fields. TorchScript only.
+- ``torch_export``: ``torch.export.export`` (``model.pt2``, load with ``torch.export.load``).
+  **The backbone with its FPN only**: the rest of detectron2's R-CNN and RetinaNet has
+  data-dependent Python control flow that ``torch.export`` refuses (the first one met:
+  ``if not valid_mask.all()`` in ``find_top_rpn_proposals``); anchors, proposal selection, RoI
+  heads and postprocessing are missing from the program. Input: a (N, 3, H, W) batch of images in
+  ``INPUT.FORMAT`` with H and W multiples of the backbone's ``size_divisibility`` (at least 3 times
+  it); the program normalises with ``MODEL.PIXEL_MEAN``/``PIXEL_STD`` and returns the feature
+  dict (``p2``...``p6``). Batch, height and width are dynamic.
+- ``caffe2_tracing``: not available (Caffe2 left PyTorch; detectron2's Caffe2Tracer would also
+  have to rewrite SN): an :class:`ExportError` that names the methods to use instead.
+
+Every unsupported combination raises :class:`ExportError`, whose message is one line that says
+what to use instead.
+"""
+import logging
+import os
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from detectron2.export import TracingAdapter, dump_torchscript_IR, scripting_with_instances
+from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema
+from detectron2.modeling import GeneralizedRCNN
+from detectron2.structures import Boxes
+from torch import Tensor, nn
+
+from .layers import SyncSwitchNorm2d
+
+logger = logging.getLogger(__name__)
+
+EXPORT_METHODS = ("tracing", "scripting", "torch_export", "caffe2_tracing")
+FORMATS = ("torchscript", "onnx")
+ONNX_OPSET = 17  # RoiAlign-16 has the half-pixel ("aligned") mode of detectron2's ROIAlignV2
+
+# the Instances fields of detectron2's models, with their types, for scripting
+SCRIPTING_FIELDS = {
+    "proposal_boxes": Boxes,
+    "objectness_logits": Tensor,
+    "pred_boxes": Boxes,
+    "scores": Tensor,
+    "pred_classes": Tensor,
+    "pred_masks": Tensor,
+    "pred_keypoints": Tensor,
+    "pred_keypoint_heatmaps": Tensor,
+}
+
+
+class ExportError(RuntimeError):
+    """An export that cannot work; the message is one line naming the method to use instead."""
+
+
+def check_method(method: str, fmt: str) -> None:
+    """Raise :class:`ExportError` for a method/format pair that cannot work."""
+    if method not in EXPORT_METHODS:
+        choices = ", ".join(EXPORT_METHODS)
+        raise ExportError(f"unknown export method {method!r}: use one of {choices}")
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if method == "caffe2_tracing":
+        raise ExportError(
+            "caffe2_tracing needs Caffe2, which PyTorch no longer ships (and its tracer does not "
+            "know SN): use --export-method tracing (--format torchscript or onnx) or torch_export"
+        )
+    if method == "scripting" and fmt != "torchscript":
+        raise ExportError(
+            "scripting writes TorchScript only: use --export-method tracing --format onnx for ONNX"
+        )
+    if method == "torch_export" and fmt != "torchscript":
+        raise ExportError(
+            "torch_export writes a .pt2 program (--format is not used): use --export-method "
+            "tracing --format onnx for ONNX"
+        )
+
+
+def deployable(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with every SyncSwitchNorm2d replaced by a SwitchNorm2d (in place)."""
+    return SyncSwitchNorm2d.revert_sync_switchnorm(model).eval()
+
+
+def _rcnn_inference(model: GeneralizedRCNN, inputs: List[Dict[str, Tensor]]) -> list:
+    # no postprocessing: RoI masks as computed, boxes in the input image's coordinates
+    return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
+
+
+def tracing_adapter(model: nn.Module, image: Tensor) -> TracingAdapter:
+    """detectron2's ``TracingAdapter`` of an eval-mode model for one (3, H, W) image; R-CNN models
+    skip the final postprocessing, as in detectron2's tool."""
+    inference = _rcnn_inference if isinstance(model, GeneralizedRCNN) else None
+    return TracingAdapter(model, [{"image": image}], inference)
+
+
+def trace(model: nn.Module, image: Tensor) -> Tuple[torch.jit.ScriptModule, TracingAdapter]:
+    """The traced model (TorchScript) and the adapter whose ``outputs_schema`` rebuilds outputs."""
+    adapter = tracing_adapter(model, image)
+    with torch.no_grad():
+        traced = torch.jit.trace(adapter, (image,), check_trace=False)
+    return traced, adapter
+
+
+def output_names(adapter: TracingAdapter) -> List[str]:
+    """Names of the flattened outputs of a traced adapter: the field names (``pred_boxes``,
+    ``scores``, ..., ``image_size``), prefixed by their path only where names repeat."""
+    paths: List[List[str]] = []
+
+    def walk(schema, path: List[str]) -> None:
+        if isinstance(schema, InstancesSchema):
+            for key, sub in zip(schema.keys, schema.schemas):
+                walk(sub, path + [key])
+            paths.append(path + ["image_size"])
+        elif isinstance(schema, DictSchema):
+            for key, sub in zip(schema.keys, schema.schemas):
+                walk(sub, path + [key])
+        elif isinstance(schema, ListSchema):
+            for i, sub in enumerate(schema.schemas):
+                walk(sub, path + ([str(i)] if len(schema.schemas) > 1 else []))
+        else:
+            paths.append(path or ["output"])
+
+    walk(adapter.outputs_schema, [])
+    leaves = [p[-1] for p in paths]
+    return [leaf if leaves.count(leaf) == 1 else "/".join(p) for leaf, p in zip(leaves, paths)]
+
+
+def _inline_initializer_aliases(onnx_model) -> None:
+    """Let consumers of ``Identity(initializer)`` read the initializer itself. The exporter writes
+    such aliases for parameters with equal values (e.g. SN weights still at 1); onnxruntime 1.32
+    then rejects the graph ("Node input ... is not a graph input, initializer, or output of a
+    previous node") at every optimisation level but none. The graph computes the same."""
+    import onnx
+
+    graph = onnx_model.graph
+    initializers = {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in initializers:
+            if node.output[0] not in outputs:
+                alias[node.output[0]] = node.input[0]
+                continue
+        kept.append(node)
+
+    def rename(g) -> None:
+        for node in g.node:
+            for i, name in enumerate(node.input):
+                if name in alias:
+                    node.input[i] = alias[name]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    rename(attr.g)
+
+    del graph.node[:]
+    graph.node.extend(kept)
+    rename(graph)
+
+
+def export_onnx(adapter: TracingAdapter, image: Tensor, path: str) -> List[str]:
+    """Export the traced adapter to ONNX (TorchScript-based exporter, opset ``ONNX_OPSET``, input
+    "image" of dynamic height and width); returns the output names."""
+    import onnx
+
+    with torch.no_grad():
+        adapter(image)  # fills outputs_schema
+        names = output_names(adapter)
+        torch.onnx.export(
+            adapter, (image,), path, dynamo=False, opset_version=ONNX_OPSET,
+            input_names=["image"], output_names=names,
+            dynamic_axes={"image": {1: "height", 2: "width"}, **{n: {0: "n"} for n in names}},
+        )
+    model = onnx.load(path)
+    _inline_initializer_aliases(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return names
+
+
+class _ScriptableRCNN(nn.Module):
+    """R-CNN inference without postprocessing, returning plain dicts (as detectron2's tool)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.eval()
+
+    def forward(self, inputs: Tuple[Dict[str, Tensor]]) -> List[Dict[str, Tensor]]:
+        instances = self.model.inference(inputs, do_postprocess=False)
+        return [i.get_fields() for i in instances]
+
+
+class _ScriptableModel(_ScriptableRCNN):
+    """Any other detectron2 model: its forward, returning plain dicts."""
+
+    def forward(self, inputs: Tuple[Dict[str, Tensor]]) -> List[Dict[str, Tensor]]:
+        instances = self.model(inputs)
+        return [i.get_fields() for i in instances]
+
+
+def script(model: nn.Module) -> torch.jit.ScriptModule:
+    """``scripting_with_instances`` of an eval-mode model; :class:`ExportError` when detectron2
+    cannot script it."""
+    adapter_cls = _ScriptableRCNN if isinstance(model, GeneralizedRCNN) else _ScriptableModel
+    try:
+        return scripting_with_instances(adapter_cls(model), SCRIPTING_FIELDS)
+    except (RuntimeError, torch.jit.frontend.NotSupportedError, TypeError) as e:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), repr(e))
+        raise ExportError(
+            f"{type(model).__name__} cannot be scripted by TorchScript ({first}): use "
+            "--export-method tracing"
+        ) from e
+
+
+class _NormalizedBackbone(nn.Module):
+    """Pixel normalisation and the backbone (with FPN): what ``torch.export`` accepts."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.backbone = model.backbone
+        self.register_buffer("pixel_mean", model.pixel_mean.detach().clone(), persistent=False)
+        self.register_buffer("pixel_std", model.pixel_std.detach().clone(), persistent=False)
+
+    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        return self.backbone((images - self.pixel_mean) / self.pixel_std)
+
+
+def backbone_input(model: nn.Module, image: Tensor) -> Tensor:
+    """A (3, H, W) image as the (1, 3, H', W') input of the ``torch_export`` program: zero-padded
+    at the bottom and right to multiples of the backbone's size_divisibility (as ImageList pads
+    normalised images with 0, this pads with the pixel mean)."""
+    d = max(model.backbone.size_divisibility, 1)
+    h, w = image.shape[-2:]
+    padded = model.pixel_mean.to(image).expand(3, -(-h // d) * d, -(-w // d) * d).clone()
+    padded[:, :h, :w] = image
+    return padded[None]
+
+
+def export_backbone(model: nn.Module, images: Tensor) -> torch.export.ExportedProgram:
+    """``torch.export`` of pixel normalisation + backbone for (N, 3, H, W) ``images`` (H and W
+    multiples of the size divisibility d, at least 3 d); batch, H and W stay dynamic."""
+    d = max(model.backbone.size_divisibility, 1)
+    n, _, h, w = images.shape
+    if h % d or w % d or h < 3 * d or w < 3 * d:
+        raise ExportError(
+            f"torch_export needs an image whose height and width are multiples of {d}, at least "
+            f"{3 * d} (got {h}x{w}): pass it through sn_detection.export.backbone_input"
+        )
+    if n == 1:  # an example of one image would specialise the program to batch 1
+        images = images.expand(2, -1, -1, -1)
+    dims = {
+        0: torch.export.Dim("batch", min=1, max=1024),
+        2: d * torch.export.Dim("height_blocks", min=3, max=8192 // d),
+        3: d * torch.export.Dim("width_blocks", min=3, max=8192 // d),
+    }
+    with torch.no_grad():
+        return torch.export.export(_NormalizedBackbone(model), (images,), dynamic_shapes=(dims,))
+
+
+def export(
+    model: nn.Module, image: Tensor, method: str, fmt: str, output_dir: str
+) -> Tuple[str, Optional[TracingAdapter]]:
+    """Export an eval-mode ``model`` (see :func:`deployable`) by ``method`` to ``fmt`` in
+    ``output_dir``, with ``image`` (3, H, W) as the example input; returns the written file and,
+    for tracing, the adapter (its ``outputs_schema`` rebuilds detectron2 outputs)."""
+    check_method(method, fmt)
+    os.makedirs(output_dir, exist_ok=True)
+    if model.training:
+        raise ExportError(
+            "the model is in training mode: export sn_detection.export.deployable(model)"
+        )
+    if method == "torch_export":
+        program = export_backbone(model, backbone_input(model, image))
+        path = os.path.join(output_dir, "model.pt2")
+        torch.export.save(program, path)
+        return path, None
+    if method == "scripting":
+        scripted = script(model)
+        path = os.path.join(output_dir, "model.ts")
+        scripted.save(path)
+        dump_torchscript_IR(scripted, output_dir)
+        return path, None
+    if fmt == "onnx":
+        adapter = tracing_adapter(model, image)
+        path = os.path.join(output_dir, "model.onnx")
+        names = export_onnx(adapter, image, path)
+        logger.info("ONNX outputs: " + ", ".join(names))
+        return path, adapter
+    traced, adapter = trace(model, image)
+    path = os.path.join(output_dir, "model.ts")
+    traced.save(path)
+    dump_torchscript_IR(traced, output_dir)
+    logger.info("Outputs schema: " + str(adapter.outputs_schema))
+    return path, adapter
