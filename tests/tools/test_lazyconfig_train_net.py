@@ -60,3 +60,23 @@ def test_a_detectron2_constructor_given_sn_is_named_before_anything_is_built(tmp
     assert rc != 0
     assert "set model.backbone.bottom_up.stem._target_ to sn_detection.modeling.sn_basic_stem" in log
     assert not (tmp_path / "config.yaml").exists()
+
+
+def test_two_process_syncsn_run_trains_and_evaluates(tmp_path):
+    # --num-gpus 2 on a CPU-only machine: 2 processes on gloo; DDP gets no device ids
+    norms = [
+        "model.backbone.bottom_up.stem.norm",
+        "model.backbone.bottom_up.stages.norm",
+        "model.backbone.norm",
+        "model.roi_heads.box_head.conv_norm",
+        "model.roi_heads.mask_head.conv_norm",
+    ]
+    rc, log = _lazyconfig_train_net(
+        "--num-gpus", "2", "--config-file", str(SMOKE),
+        f"train.output_dir={tmp_path}", "train.max_iter=2", *[f"{key}=SyncSN" for key in norms],
+    )
+    assert rc == 0, log[-4000:]
+    assert "Rank of current process: 0. World size: 2" in log
+    assert "SyncSwitchNorm2d" in log and "(norm): SwitchNorm2d" not in log
+    assert set(copypaste_metrics(log)) == {"bbox", "segm"}
+    assert (tmp_path / "model_final.pth").is_file()
