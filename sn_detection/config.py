@@ -3,7 +3,7 @@ from detectron2.config import CfgNode as CN
 
 
 def add_sn_config(cfg: CN) -> None:
-    """Add the ``MODEL.SN`` namespace to ``cfg`` (in place).
+    """Add the ``MODEL.SN`` namespace to ``cfg`` (in place), and ``SOLVER.AMP.PRECISION``.
 
     The norm of each part is chosen by detectron2's own keys, which accept "SN", "SyncSN" and every
     detectron2 norm name: MODEL.RESNETS.NORM, MODEL.FPN.NORM, MODEL.ROI_BOX_HEAD.NORM,
@@ -67,6 +67,12 @@ def add_sn_config(cfg: CN) -> None:
     cfg.MODEL.REGNETS.SE_RATIO = 0.0
     # Stages to return, of "stem", "s1" (stride 4) ... "s4" (stride 32).
     cfg.MODEL.REGNETS.OUT_FEATURES = ["s1", "s2", "s3", "s4"]
+
+    # Mixed-precision training, with detectron2's SOLVER.AMP.ENABLED True (tools/train_net.py,
+    # sn_detection.engine.amp): the autocast dtype on MODEL.DEVICE. "float16": CUDA only, with
+    # loss scaling (detectron2's AMP); "bfloat16": CUDA or CPU, no loss scaling needed. SN computes
+    # its statistics in float32 either way.
+    cfg.SOLVER.AMP.PRECISION = "float16"
 
 
 def sn_options(cfg: CN) -> dict:

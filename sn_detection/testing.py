@@ -11,12 +11,14 @@ Nothing in the library imports this module. It holds
 - ``REPO``, ``CONFIGS``, ``load_config``: the repository's config files (source checkouts only);
 - ``copypaste_metrics``: the metrics in a log of detectron2's evaluation.
 """
+import importlib.util
 import os
 import pathlib
 import re
 import tempfile
 import time
 from contextlib import contextmanager
+from types import ModuleType
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
@@ -249,6 +251,16 @@ def count_collectives() -> Iterator[Dict[str, int]]:
 
 
 # -- configs -------------------------------------------------------------------------------------
+
+
+def load_script(relative_path: str) -> ModuleType:
+    """A script of the repository that is not in a package (``tools/train_net.py``, ...) as a
+    module, e.g. to call its ``main`` in the test's process."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_config(path, *opts):

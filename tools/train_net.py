@@ -14,9 +14,7 @@ import weakref
 import torch
 from detectron2.config import get_cfg
 from detectron2.engine import (
-    AMPTrainer,
     DefaultTrainer,
-    SimpleTrainer,
     TrainerBase,
     create_ddp_model,
     default_argument_parser,
@@ -31,7 +29,7 @@ from detectron2.utils.logger import setup_logger
 from sn_detection import add_sn_config, build_sn_optimizer  # importing registers SN builders
 from sn_detection.analysis import sn_modules
 from sn_detection.checkpoint import SNCheckpointer
-from sn_detection.engine import PreciseSN, SNImportanceWriter
+from sn_detection.engine import PreciseSN, SNImportanceWriter, build_train_loop
 from sn_detection.engine.hooks import WRITER_PERIOD
 from sn_detection.evaluation import build_sn_evaluator
 from sn_detection.modeling import check_sn_builders
@@ -59,10 +57,11 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         # A copy of DefaultTrainer.__init__ (detectron2/engine/defaults.py), which offers no seam
-        # for the two things that differ: the checkpointer (SNCheckpointer), and DDP's arguments
+        # for the three things that differ: the checkpointer (SNCheckpointer), DDP's arguments
         # (detectron2 gives DDP device_ids=[local rank], which DistributedDataParallel refuses for
         # CPU models; several CPU processes on gloo need device_ids=None; and detectron2's
-        # broadcast_buffers=False is deprecated in torch for forward_sync_buffers=False).
+        # broadcast_buffers=False is deprecated in torch for forward_sync_buffers=False), and the
+        # AMP loop (detectron2's is CUDA float16 only).
         # tests/tools/test_train_net.py fails when detectron2's __init__ changes (DETECTRON2_INIT).
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
@@ -72,9 +71,8 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, **ddp_arguments(cfg))
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        # SimpleTrainer, or AMP on MODEL.DEVICE in SOLVER.AMP.PRECISION (bf16 on the CPU too)
+        self._trainer = build_train_loop(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # loads MODEL.WEIGHTS also from ImageNet SN files; saves as DetectionCheckpointer
         self.checkpointer = SNCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))

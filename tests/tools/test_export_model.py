@@ -2,7 +2,6 @@
 weights file) exported by each supported method gives eager's boxes, scores and masks on images of
 the shapes dataset; the files run in a process without sn_detection; a SyncSN model exports as
 SN; a method that cannot work stops with a one-line error naming the one to use."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -23,21 +22,18 @@ from sn_detection.export import (  # noqa: E402
     script,
 )
 from sn_detection.layers import SyncSwitchNorm2d  # noqa: E402
-from sn_detection.testing import CONFIGS, REPO, load_config, randomize_sn_state  # noqa: E402
+from sn_detection.testing import (  # noqa: E402
+    CONFIGS,
+    REPO,
+    load_config,
+    load_script,
+    randomize_sn_state,
+)
 
 SMOKE = CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml"
 SYNC_SMOKE = CONFIGS / "quick_schedules/mask_rcnn_syncsn_smoke.yaml"
 TOOL = REPO / "tools/deploy/export_model.py"
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("export_model", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_script("tools/deploy/export_model.py")
 
 
 @pytest.fixture(scope="module")
