@@ -5,7 +5,8 @@
   (lighter, hatched) on the right; parts separated and labelled. With two runs, one panel each,
   layers aligned by name.
 - :func:`training_figure`: the per-part shares over the iterations of a training run (from
-  ``metrics.json``), one panel per part, mean solid and variance dashed.
+  ``metrics.json``), one panel per part, mean solid and variance dashed; the share axis, common
+  to the panels, spans the values (shares often move a few percent only, invisible on 0..1).
 """
 
 from typing import IO, Dict, List, Optional, Sequence, Tuple
@@ -115,11 +116,12 @@ def training_figure(history: Dict[str, Dict[str, List[Tuple[int, float]]]]) -> F
                     iterations, values = zip(*points)
                     ax.plot(iterations, values, style, color=COLORS[branch], linewidth=1.2)
         ax.set_title(part, fontsize=9)
-        ax.set_ylim(0, 1)
         ax.set_xlabel("iteration", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in axes[len(parts) :]:
         ax.set_visible(False)
+    for ax in axes[::cols]:
+        ax.set_ylabel("share", fontsize=8)
     _legend(
         fig,
         _branch_handles()
