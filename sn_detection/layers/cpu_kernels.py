@@ -4,6 +4,10 @@ The extension is built by ``setup.py`` (``make setup``); ``kernels.py`` register
 for "cpu". Without it (a source checkout that was never built) ``CPU_KERNELS`` is None and SN runs
 on the plain PyTorch kernels; an extension that
 exists but fails to load gives a warning, then the same fallback.
+
+dtypes: float32 and float64 (``_DTYPES``). Other inputs, e.g. the bfloat16 that a convolution gives
+under CPU autocast (``SOLVER.AMP.PRECISION bfloat16``), run the plain kernels, whose statistics
+are float32 as well (``kernels.stats_dtype``).
 """
 
 import warnings
