@@ -5,8 +5,9 @@ PYTHON_BOOTSTRAP ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sn_detection-setup
-# what the environment is built from: a change to any of these re-runs setup
-SETUP_INPUTS := requirements.txt setup.py scripts/install_detectron2.py $(wildcard sn_detection/csrc/*)
+# what the environment is built from: a change to any of these re-runs setup (the Makefile too:
+# its recipe installs packages that requirements.txt cannot pin)
+SETUP_INPUTS := Makefile requirements.txt setup.py scripts/install_detectron2.py $(wildcard sn_detection/csrc/*)
 
 .PHONY: setup demo test bench clean-venv
 
@@ -16,6 +17,11 @@ $(STAMP): $(SETUP_INPUTS)
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install -r requirements.txt
+# panopticapi (PQ of Panoptic FPN: detectron2's COCOPanopticEvaluator imports it), packaged as
+# panopticapi-lite. Without its dependencies: it declares numpy<2 and scikit-image, while the
+# modules detectron2 uses (evaluation, utils) import only numpy and PIL, and work on numpy 2.
+# Not in requirements.txt: pip takes --no-deps only for a whole install, not per requirement.
+	$(PY) -m pip install --no-deps panopticapi-lite==0.2.0
 	$(PY) scripts/install_detectron2.py
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	$(PY) -m sn_detection.collect_env
