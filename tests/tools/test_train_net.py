@@ -122,11 +122,12 @@ def test_setup_names_the_sn_builder_for_a_stock_config_given_sn(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_evaluator_passes_the_keypoint_oks_sigmas_and_adds_sem_seg_for_panoptic(tmp_path):
+def test_evaluator_passes_the_keypoint_oks_sigmas_and_adds_sem_seg_and_pq_for_panoptic(tmp_path):
     # detectron2's COCOEvaluator takes the sigmas from its caller; without them keypoint AP uses
     # COCO's 17 person sigmas, which fails on the shapes' 2 keypoints
     from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 
+    from sn_detection.evaluation import PanopticEvaluator
     from sn_detection.testing import load_config
 
     trainer = _train_net_module().Trainer
@@ -135,4 +136,5 @@ def test_evaluator_passes_the_keypoint_oks_sigmas_and_adds_sem_seg_for_panoptic(
     assert tuple(evaluator._kpt_oks_sigmas) == tuple(cfg.TEST.KEYPOINT_OKS_SIGMAS) == (0.05, 0.05)
     cfg = load_config(CONFIGS / "quick_schedules/panoptic_fpn_sn_smoke.yaml")
     evaluator = trainer.build_evaluator(cfg, "sn_shapes_panoptic_val", str(tmp_path))
-    assert [type(e) for e in evaluator._evaluators] == [SemSegEvaluator, COCOEvaluator]
+    types = [type(e) for e in evaluator._evaluators]
+    assert types == [SemSegEvaluator, COCOEvaluator, PanopticEvaluator]
