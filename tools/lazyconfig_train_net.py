@@ -11,22 +11,24 @@ detectron2's tools/lazyconfig_train_net.py with what SN needs:
 - CPU: ``train.device`` "cuda" without a CUDA device falls back to the CPU, and DDP is given no
   device ids there (several CPU processes on gloo with ``--num-gpus``).
 
-Usage (detectron2's conventions; overrides are ``key=value``):
+Usage (detectron2's conventions; overrides are ``key=value``; ``--resume`` and ``--eval-only`` may
+also follow them):
     tools/lazyconfig_train_net.py --config-file configs/LazyConfig/mask_rcnn_R_50_FPN_2x_sn.py \
         --num-gpus 8
     tools/lazyconfig_train_net.py --config-file CONFIG --eval-only \
         train.init_checkpoint=/path/to/model_final.pth
     tools/lazyconfig_train_net.py --config-file CONFIG --resume train.output_dir=DIR
 """
+import argparse
 import logging
 import os
+from typing import Optional, Sequence
 
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
     AMPTrainer,
     SimpleTrainer,
-    default_argument_parser,
     default_setup,
     default_writers,
     hooks,
@@ -40,6 +42,7 @@ import sn_detection  # noqa: F401  (imported for registration: the shapes datase
 from sn_detection.analysis import sn_modules
 from sn_detection.checkpoint import SNCheckpointer
 from sn_detection.engine import SNImportanceWriter
+from sn_detection.engine.arguments import parse_train_args
 from sn_detection.evaluation import build_sn_evaluator
 from sn_detection.modeling import check_lazy_norms
 
@@ -153,8 +156,15 @@ def main(args):
     do_train(args, cfg)
 
 
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """detectron2's arguments; ``--resume`` and ``--eval-only`` may also follow the overrides."""
+    return parse_train_args(
+        argv, tool="tools/lazyconfig_train_net.py", override="train.init_checkpoint=PATH"
+    )
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = parse_args()
     launch(
         main,
         args.num_gpus,

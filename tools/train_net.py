@@ -7,9 +7,11 @@ Usage (detectron2's conventions):
     tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS /path/to/model_final.pth
 Multi-machine: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT.
 """
+import argparse
 import logging
 import os
 import weakref
+from typing import Optional, Sequence
 
 import torch
 from detectron2.config import get_cfg
@@ -17,7 +19,6 @@ from detectron2.engine import (
     DefaultTrainer,
     TrainerBase,
     create_ddp_model,
-    default_argument_parser,
     default_setup,
     hooks,
     launch,
@@ -30,6 +31,7 @@ from sn_detection import add_sn_config, build_sn_optimizer  # importing register
 from sn_detection.analysis import sn_modules
 from sn_detection.checkpoint import SNCheckpointer
 from sn_detection.engine import PreciseSN, SNImportanceWriter, build_train_loop
+from sn_detection.engine.arguments import parse_train_args
 from sn_detection.engine.hooks import WRITER_PERIOD
 from sn_detection.evaluation import build_sn_evaluator
 from sn_detection.modeling import check_sn_builders
@@ -156,27 +158,9 @@ def main(args):
     return trainer.train()
 
 
-def parse_args(argv=None):
-    """detectron2's arguments. Its parser hands everything after the first KEY to the config
-    overrides, so ``--resume`` or ``--eval-only`` written after them would reach yacs as a key
-    ("odd length" error): they are taken out of the overrides here; any other option there is an
-    error that says where it belongs."""
-    parser = default_argument_parser()
-    args = parser.parse_args(argv)
-    flags = {"--resume": "resume", "--eval-only": "eval_only"}
-    opts = []
-    for item in args.opts:
-        if item in flags:
-            setattr(args, flags[item], True)
-        elif item.startswith("--"):
-            parser.error(
-                f"{item} comes after the KEY VALUE config overrides; put it before them "
-                f"(e.g. tools/train_net.py --config-file CFG {item} ... MODEL.WEIGHTS PATH)"
-            )
-        else:
-            opts.append(item)
-    args.opts = opts
-    return args
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """detectron2's arguments; ``--resume`` and ``--eval-only`` may also follow the overrides."""
+    return parse_train_args(argv, tool="tools/train_net.py", override="MODEL.WEIGHTS PATH")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 from detectron2.config import LazyConfig, instantiate
 
 from sn_detection.layers import SwitchNorm2d
-from sn_detection.testing import CONFIGS, REPO, copypaste_metrics
+from sn_detection.testing import CONFIGS, REPO, copypaste_metrics, load_script
 
 SMOKE = CONFIGS / "LazyConfig/quick_schedules/mask_rcnn_sn_smoke.py"
 
@@ -38,9 +39,9 @@ def test_trains_evaluates_and_eval_only_reproduces_the_ap(tmp_path):
     saved = LazyConfig.load(str(out / "config.yaml"))
     assert any(isinstance(m, SwitchNorm2d) for m in instantiate(saved.model).modules())
 
-    rc, log = _lazyconfig_train_net(
-        "--config-file", str(SMOKE), "--eval-only",
-        f"train.init_checkpoint={out / 'model_final.pth'}", f"train.output_dir={tmp_path / 'eval'}",
+    rc, log = _lazyconfig_train_net(  # --eval-only after the overrides, as tools/train_net.py
+        "--config-file", str(SMOKE), f"train.init_checkpoint={out / 'model_final.pth'}",
+        f"train.output_dir={tmp_path / 'eval'}", "--eval-only",
     )
     assert rc == 0, log[-4000:]
     eval_metrics = copypaste_metrics(log)
@@ -50,6 +51,19 @@ def test_trains_evaluates_and_eval_only_reproduces_the_ap(tmp_path):
     results = "inference/coco_instances_results.json"
     trained = json.loads((out / results).read_text())
     assert trained and json.loads((tmp_path / "eval" / results).read_text()) == trained
+
+
+def test_resume_and_eval_only_may_follow_the_overrides(capsys):
+    parse_args = load_script("tools/lazyconfig_train_net.py").parse_args
+    args = parse_args(["--config-file", "c.py", "train.output_dir=o", "--resume"])
+    assert args.resume and not args.eval_only and args.opts == ["train.output_dir=o"]
+    args = parse_args(["--config-file", "c.py", "train.max_iter=2", "--eval-only", "a.b=1"])
+    assert args.eval_only and args.opts == ["train.max_iter=2", "a.b=1"]
+    with pytest.raises(SystemExit):
+        parse_args(["--config-file", "c.py", "train.max_iter=2", "--num-gpus", "2"])
+    assert "--num-gpus comes after the config overrides (such as train.init_checkpoint=PATH)" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_detectron2_constructor_given_sn_is_named_before_anything_is_built(tmp_path):

@@ -102,7 +102,7 @@ def test_another_option_after_the_overrides_names_where_it_belongs(capsys):
 
     with pytest.raises(SystemExit):
         _train_net_module().parse_args(["--config-file", "c.yaml", "SEED", "1", "--num-gpus", "2"])
-    assert "--num-gpus comes after the KEY VALUE config overrides" in capsys.readouterr().err
+    assert "--num-gpus comes after the config overrides" in capsys.readouterr().err
 
 
 def test_setup_names_the_sn_builder_for_a_stock_config_given_sn(tmp_path):
