@@ -8,6 +8,8 @@ detectron2's tools/lazyconfig_train_net.py with what SN needs:
 - the evaluator is ``dataloader.evaluator``, or ``build_sn_evaluator`` of the test set if the
   config has none;
 - the learned SN shares go into the metrics (SNImportanceWriter, as in tools/train_net.py);
+- ``train.precise_bn.enabled``: the precise statistics pass of SN and BatchNorm layers (PreciseSN,
+  as tools/train_net.py with TEST.PRECISE_BN.ENABLED);
 - CPU: ``train.device`` "cuda" without a CUDA device falls back to the CPU, and DDP is given no
   device ids there (several CPU processes on gloo with ``--num-gpus``).
 
@@ -20,6 +22,7 @@ also follow them):
     tools/lazyconfig_train_net.py --config-file CONFIG --resume train.output_dir=DIR
 """
 import argparse
+import copy
 import logging
 import os
 from typing import Optional, Sequence
@@ -37,11 +40,12 @@ from detectron2.engine import (
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import sn_detection  # noqa: F401  (imported for registration: the shapes datasets)
 from sn_detection.analysis import sn_modules
 from sn_detection.checkpoint import SNCheckpointer
-from sn_detection.engine import SNImportanceWriter
+from sn_detection.engine import PreciseSN, SNImportanceWriter
 from sn_detection.engine.arguments import parse_train_args
 from sn_detection.evaluation import build_sn_evaluator
 from sn_detection.modeling import check_lazy_norms
@@ -50,7 +54,8 @@ logger = logging.getLogger("detectron2")
 
 
 def build_evaluator(cfg):
-    """``dataloader.evaluator``, or COCO (and semantic segmentation) evaluation of the test set."""
+    """``dataloader.evaluator``, or ``build_sn_evaluator`` of the test set (COCO; semantic
+    segmentation and panoptic quality for a panoptic dataset)."""
     if "evaluator" in cfg.dataloader:
         return instantiate(cfg.dataloader.evaluator)
     names = cfg.dataloader.test.dataset.names
@@ -70,6 +75,24 @@ def ddp_arguments(cfg) -> dict:
     if cfg.train.device == "cpu":
         args["device_ids"] = None
     return args
+
+
+def precise_sn_hook(cfg, model) -> Optional[PreciseSN]:
+    """PreciseSN (SN and BatchNorm statistics recomputed before each evaluation and at the end)
+    when ``train.precise_bn.enabled``, on a second training loader without workers (as
+    detectron2's PreciseBN); None otherwise or when the config has no ``train.precise_bn``."""
+    precise = cfg.train.get("precise_bn", {})
+    if not precise.get("enabled", False):
+        return None
+    loader = copy.deepcopy(cfg.dataloader.train)
+    loader.num_workers = 0
+    return PreciseSN(
+        cfg.train.eval_period,
+        model,
+        instantiate(loader),
+        precise.get("num_iter", 200),
+        config_keys=("train.precise_bn.enabled", "train.precise_bn.num_iter"),
+    )  # warns when the model has nothing to recompute
 
 
 def do_train(args, cfg):
@@ -98,6 +121,7 @@ def do_train(args, cfg):
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            precise_sn_hook(cfg, model),  # before the checkpointer and the evaluation
             (
                 hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
                 if main_process
@@ -140,6 +164,8 @@ def setup(args):
         )
         cfg.train.device = "cpu"
     default_setup(cfg, args)
+    # as tools/train_net.py: our messages (the precise pass, ...) in the console and log.txt
+    setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="sn_detection")
     return cfg
 
 

@@ -10,7 +10,7 @@
 
 import itertools
 import logging
-from typing import Any, Iterable
+from typing import Any, Iterable, Tuple
 
 from detectron2.engine import HookBase, hooks
 from detectron2.utils.events import EventStorage
@@ -62,15 +62,25 @@ class PreciseSN(hooks.PreciseBN):
 
     Frozen SN layers and SN layers without the BN branch are left alone. With SyncSN the
     statistics are global and identical on every process: run the hook on every process. A model
-    with nothing to recompute gets one warning saying why, and the hook does nothing.
+    with nothing to recompute gets one warning saying why, and the hook does nothing. The errors
+    and the warning name ``config_keys``, the keys that enable the pass and set ``num_iter``
+    (tools/lazyconfig_train_net.py: ``train.precise_bn.enabled`` and ``.num_iter``).
     """
 
-    def __init__(self, period: int, model: nn.Module, data_loader: Iterable[Any], num_iter: int):
+    def __init__(
+        self,
+        period: int,
+        model: nn.Module,
+        data_loader: Iterable[Any],
+        num_iter: int,
+        config_keys: Tuple[str, str] = ("TEST.PRECISE_BN.ENABLED", "TEST.PRECISE_BN.NUM_ITER"),
+    ):
         self._logger = logging.getLogger(__name__)
+        enabled_key, num_iter_key = config_keys
         if num_iter <= 0:
             raise ValueError(
-                f"TEST.PRECISE_BN.NUM_ITER must be positive (batches of the precise statistics "
-                f"pass, e.g. 200), got {num_iter}; or set TEST.PRECISE_BN.ENABLED False"
+                f"{num_iter_key} must be positive (batches of the precise statistics "
+                f"pass, e.g. 200), got {num_iter}; or set {enabled_key} False"
             )
         self._model = model
         self._data_loader = data_loader
@@ -80,8 +90,8 @@ class PreciseSN(hooks.PreciseBN):
         self._disabled = not has_statistics_to_update(model)
         if self._disabled:
             self._logger.warning(
-                f"TEST.PRECISE_BN.ENABLED is True but {why_nothing_to_update(model)}: precise "
-                "statistics are not computed. Set TEST.PRECISE_BN.ENABLED False to silence this."
+                f"{enabled_key} is True but {why_nothing_to_update(model)}: precise "
+                f"statistics are not computed. Set {enabled_key} False to silence this."
             )
 
     def update_stats(self) -> None:

@@ -166,6 +166,12 @@ def test_hook_warns_once_and_does_nothing_when_there_is_nothing_to_recompute(cap
     assert "1 frozen (FrozenSwitchNorm2d), 1 without the BN branch" in message
 
 
+def test_hook_names_the_config_keys_it_is_given():
+    lazy = ("train.precise_bn.enabled", "train.precise_bn.num_iter")
+    with pytest.raises(ValueError, match="train.precise_bn.num_iter must be positive.*set train"):
+        PreciseSN(10, Net(), data_loader=[], num_iter=0, config_keys=lazy)
+
+
 def test_hook_runs_the_pass_in_a_storage_of_its_own():
     from detectron2.utils.events import EventStorage
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 from detectron2.config import LazyConfig, instantiate
 
+from sn_detection.engine import PreciseSN, get_sn_modules
 from sn_detection.layers import SwitchNorm2d
 from sn_detection.testing import CONFIGS, REPO, copypaste_metrics, load_script
 
@@ -27,10 +28,13 @@ def _lazyconfig_train_net(*args, timeout=600):
 def test_trains_evaluates_and_eval_only_reproduces_the_ap(tmp_path):
     out = tmp_path / "run"
     rc, log = _lazyconfig_train_net(
-        "--config-file", str(SMOKE), f"train.output_dir={out}", "train.max_iter=2"
+        "--config-file", str(SMOKE), f"train.output_dir={out}", "train.max_iter=2",
+        "train.precise_bn.enabled=True", "train.precise_bn.num_iter=2",
     )
     assert rc == 0, log[-4000:]
     assert "Starting training from iteration 0" in log
+    # the precise pass ran after the last iteration, before the checkpoint and the evaluation
+    assert "Running precise SN/BN statistics for 2 iterations" in log
     assert "sn/BN_mean" in (out / "metrics.json").read_text()  # the SN shares are written
     metrics = copypaste_metrics(log)
     assert set(metrics) == {"bbox", "segm"}, log[-2000:]
@@ -64,6 +68,23 @@ def test_resume_and_eval_only_may_follow_the_overrides(capsys):
     assert "--num-gpus comes after the config overrides (such as train.init_checkpoint=PATH)" in (
         capsys.readouterr().err
     )
+
+
+def test_precise_bn_enabled_recomputes_the_sn_statistics():
+    tool = load_script("tools/lazyconfig_train_net.py")
+    cfg = LazyConfig.load(str(SMOKE))
+    model = instantiate(cfg.model)
+    assert not cfg.train.precise_bn.enabled and tool.precise_sn_hook(cfg, model) is None
+    cfg = LazyConfig.apply_overrides(
+        cfg, ["train.precise_bn.enabled=True", "train.precise_bn.num_iter=2"]
+    )
+    hook = tool.precise_sn_hook(cfg, model)
+    assert isinstance(hook, PreciseSN)
+    layers = get_sn_modules(model)
+    assert layers and all(m.running_var.abs().sum() == 0 for m in layers)  # as initialised
+    hook.update_stats()
+    # every SN layer's BN-branch statistics are the average of the 2 batches
+    assert all(m.num_batches.item() == 2 and m.running_var.abs().sum() > 0 for m in layers)
 
 
 def test_a_detectron2_constructor_given_sn_is_named_before_anything_is_built(tmp_path):
