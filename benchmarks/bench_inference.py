@@ -10,9 +10,12 @@ exported (TorchScript tracing, as tools/deploy/export_model.py writes it), side 
 Models: the COCO configs of configs/COCO-InstanceSegmentation/ (mask_rcnn_R_50_FPN_2x_{sn,gn,
 frozenbn}.yaml: the same 4conv1fc box head and mask head, norms everywhere but in the frozen-BN
 model's FPN and heads), random weights (SN with random running statistics and importance logits),
-trailing KEY VALUE overrides applied to all. ``ROI_HEADS.SCORE_THRESH_TEST`` is 0, so every model
-keeps ``TEST.DETECTIONS_PER_IMAGE`` (100) detections per image and runs its mask head on as many
-RoIs as the others (random weights would otherwise give each norm a different workload).
+trailing KEY VALUE overrides applied to all. The box head runs on ``RPN.POST_NMS_TOPK_TEST``
+(1000) proposals in every model; what follows depends on each model's scores: the per-class NMS
+over the candidates above ``ROI_HEADS.SCORE_THRESH_TEST`` (0.05) and the mask head on the kept
+detections, whose number the table shows ("dets"). (Do not set the threshold to 0 to equalise
+the detections: NMS then takes 1000 x 80 candidates, and its cost, which depends on where each
+model's random weights put the boxes, swamps the norms'.)
 
 Timed: ``model.inference([{"image": x}], do_postprocess=False)`` under ``torch.no_grad`` (eager),
 and the traced ``TracingAdapter`` of the same model (exported), on one random (3, H, W) image per
@@ -49,7 +52,7 @@ def build(norm: str, device: str, opts: Sequence[str]) -> torch.nn.Module:
     """The eval-mode model of ``norm`` with random weights (seeded)."""
     cfg = load_config(
         CONFIGS / MODELS[norm], "MODEL.WEIGHTS", "", "MODEL.DEVICE", device,
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", *opts,
+        *opts,
     )
     torch.manual_seed(0)
     return randomize_sn_state(build_model(cfg)).eval()
@@ -83,7 +86,7 @@ def measure(
     warmup: int,
 ) -> List[dict]:
     """One row per norm: median and best seconds per image, eager and (for the norms in
-    ``traced``) exported."""
+    ``traced``) exported, and the number of detections."""
     image = _image(size, device)
     cases: Dict[Tuple[str, str], Callable[[], float]] = {}
     for norm, model in models.items():
@@ -100,7 +103,9 @@ def measure(
                 times[key].append(seconds)
     rows = []
     for norm in models:
-        row = {"norm": norm}
+        with torch.no_grad():
+            detections = len(models[norm].inference([{"image": image}], do_postprocess=False)[0])
+        row = {"norm": norm, "dets": detections}
         for mode in ("eager", "exported"):
             if (norm, mode) in times:
                 row[mode] = statistics.median(times[norm, mode])
@@ -121,14 +126,14 @@ def _table(results: List[Tuple[str, List[dict]]]) -> str:
     lines = []
     for size, rows in results:
         for r in rows:
-            cells = [size, r["norm"]]
+            cells = [size, r["norm"], str(r["dets"])]
             for key in ("eager", "eager best", "exported", "exported best"):
                 cells.append(f"{r[key] * 1e3:.0f}" if key in r else "-")
             for key in ("eager", "exported"):
                 ratio = _ratio(rows, r["norm"], key)
                 cells.append("-" if ratio is None else f"{ratio:.3f}")
             lines.append(cells)
-    headers = ["size", "norm", "eager ms", "best", "exported ms", "best"]
+    headers = ["size", "norm", "dets", "eager ms", "best", "exported ms", "best"]
     headers += [f"eager vs {BASELINE}", f"exported vs {BASELINE}"]
     return tabulate(lines, headers, tablefmt="github", disable_numparse=True)
 
