@@ -1,9 +1,10 @@
 """Switchable Normalization (SN) and synchronized SN for detectron2.
 
-Importing this package registers, with detectron2's registries, the backbones
-``build_sn_resnet_backbone`` and ``build_sn_resnet_fpn_backbone``, the RoI heads
-``SNFastRCNNConvFCHead`` and ``SNMaskRCNNConvUpsampleHead``, and the datasets ``sn_shapes_train``
-and ``sn_shapes_val``.
+Importing this package registers, with detectron2's registries, the SN builders of every detectron2
+model that takes a norm (``sn_detection.modeling``: ResNet v1/v2, ResNet-FPN, RetinaNet, RegNet
+backbones; box, mask, C4 res5 and semantic FPN heads; ``SNRetinaNet``) and the embedded datasets
+(``sn_detection.data``: ``sn_shapes_*`` and its keypoint/panoptic versions, ``sn_clutter_*``, and
+the user COCO files named in ``SN_DETECTION_COCO_DATASETS`` by tools/norm_study.py).
 """
 import warnings
 
