@@ -2,7 +2,6 @@
 files of 2 images) writes the table and the plots; a rerun skips the finished runs; bad dataset
 names and norms are one-line errors before anything trains."""
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ import cv2
 import pytest
 
 from sn_detection.data.shapes import prepare_shapes_dataset
-from sn_detection.testing import CONFIGS, REPO
+from sn_detection.testing import CONFIGS, REPO, load_script
 
 SMOKE = CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml"
 NORMS, SEEDS = ("GN", "SN"), (0, 1)
@@ -27,10 +26,7 @@ TINY = [
 
 
 def _norm_study():
-    spec = importlib.util.spec_from_file_location("norm_study", REPO / "tools/norm_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/norm_study.py")
 
 
 def _tiny_coco(directory):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from sn_detection.testing import REPO
+from sn_detection.testing import REPO, load_script
 
 README = (REPO / "README.md").read_text()
 BLOCKS = re.findall(r"^```(\w+)\n(.*?)^```", README, flags=re.S | re.M)
@@ -67,9 +67,4 @@ def test_shell_block_names_what_exists(index):
 
 
 def _train_net_parser():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools/train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.parse_args
+    return load_script("tools/train_net.py").parse_args

@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from sn_detection.testing import CONFIGS, REPO, copypaste_metrics
+from sn_detection.testing import CONFIGS, REPO, copypaste_metrics, load_script
 
 SMOKE = CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml"
 
@@ -81,12 +81,7 @@ def test_trainer_init_still_mirrors_detectron2():
 
 
 def _train_net_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools/train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/train_net.py")
 
 
 def test_resume_and_eval_only_may_follow_the_config_overrides():

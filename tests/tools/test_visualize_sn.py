@@ -3,7 +3,6 @@ checkpoints and from the released ImageNet layout, a comparison of two, the trai
 metrics.json, and one-line errors that write nothing."""
 
 import csv
-import importlib.util
 import json
 import math
 import pickle
@@ -21,7 +20,7 @@ from sn_detection.analysis import BRANCHES, sn_modules
 from sn_detection.analysis_plots import COLORS
 from sn_detection.checkpoint import convert_official, read_checkpoint
 from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d
-from sn_detection.testing import CONFIGS, REPO, load_config
+from sn_detection.testing import CONFIGS, REPO, load_config, load_script
 
 TOOL = REPO / "tools/visualize_sn.py"
 SMOKE = CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml"
@@ -40,20 +39,13 @@ NETWORK_ORDER = [DETECTOR[i][0] for i in (1, 2, 3, 4, 5, 6, 0)]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("visualize_sn", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("tools/visualize_sn.py").main
 
 
 def _official_layout():
     """OfficialResNet and save_official of the ImageNet checkpoint tests, which rebuild the
     released layout from its key list."""
-    path = REPO / "tests/checkpoint/test_imagenet_checkpoints.py"
-    spec = importlib.util.spec_from_file_location("imagenet_checkpoint_tests", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tests/checkpoint/test_imagenet_checkpoints.py")
 
 
 def softmax(logits):
