@@ -3,10 +3,12 @@
 import re
 from typing import Dict, Iterable, List
 
+from ..utils.cli import InputError
+
 SHOWN = 4  # modules quoted in an error message
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be read or does not fit the model; the message says what to do."""
 
 

@@ -15,13 +15,14 @@ from .kernels import (
     unregister_kernels,
 )
 from .norm import NORMS, get_norm, norm_factory, register_norm, valid_norm_names
-from .switch_norm import FrozenSwitchNorm2d, SwitchNorm2d
+from .switch_norm import FrozenSwitchNorm2d, SwitchNorm2d, named_switch_norms
 from .sync_switch_norm import SyncSwitchNorm2d
 
 __all__ = [
     "SwitchNorm2d",
     "FrozenSwitchNorm2d",
     "SyncSwitchNorm2d",
+    "named_switch_norms",
     "NORMS",
     "get_norm",
     "norm_factory",

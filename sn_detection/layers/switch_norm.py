@@ -1,6 +1,6 @@
 """Switchable Normalization (Luo et al., ICLR 2019) for 4-D feature maps: the trainable layer and
 its frozen form."""
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -8,14 +8,18 @@ from torch import Tensor, nn
 from .portable import switch_norm_inference
 from .switch_norm_function import LOCAL_BATCH, BatchNormSource, switch_norm
 
-BRANCHES = ("IN", "LN", "BN")
-TENSOR_NAMES = ("weight", "bias", "mean_weight", "var_weight", "running_mean", "running_var")
+# The names of SN's statistics and tensors, used wherever SN layers or their checkpoints are read.
+BRANCHES = ("IN", "LN", "BN")  # the statistics mixed, in the order of the logits
+AFFINE_NAMES = ("weight", "bias")
+LOGIT_NAMES = ("mean_weight", "var_weight")  # the learned logits; their softmax gives the shares
+RUNNING_NAMES = ("running_mean", "running_var")
+TENSOR_NAMES = AFFINE_NAMES + LOGIT_NAMES + RUNNING_NAMES
 
 
 def _flatten_official_layout(state_dict: dict, prefix: str, num_features: int) -> None:
     """The official code stores weight/bias as (1, C, 1, 1) and running statistics as (1, C, 1):
     flatten them to (C,)."""
-    for key in ("weight", "bias", "running_mean", "running_var"):
+    for key in AFFINE_NAMES + RUNNING_NAMES:
         t = state_dict.get(prefix + key)
         if t is not None and t.dim() > 1 and t.numel() == num_features:
             state_dict[prefix + key] = t.reshape(num_features)
@@ -304,3 +308,11 @@ class FrozenSwitchNorm2d(_SwitchNormBase):
             if new_child is not child:
                 module.add_module(name, new_child)
         return module
+
+
+def named_switch_norms(model: nn.Module) -> Iterator[Tuple[str, _SwitchNormBase]]:
+    """(name, layer) of every SN layer of ``model`` in module order: trainable, synchronized and
+    frozen (``isinstance(layer, SwitchNorm2d)`` tells the trainable ones)."""
+    for name, module in model.named_modules():
+        if isinstance(module, _SwitchNormBase):
+            yield name, module
