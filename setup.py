@@ -37,7 +37,29 @@ setup(
     description="Switchable Normalization (SN) and synchronized SN for detectron2",
     packages=find_packages(include=["sn_detection", "sn_detection.*"]),
     python_requires=">=3.10",
-    # runtime dependencies are pinned in requirements.txt and installed by `make setup`
-    install_requires=[],
+    # What the package imports, as ranges; `make setup` installs the pinned, tested versions of
+    # requirements.txt. detectron2 itself is not on PyPI under its name: install it first (from
+    # source, or as scripts/install_detectron2.py does); sn_detection/__init__.py says so if it
+    # is missing.
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "numpy>=1.24",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.9",
+        "pycocotools>=2.0.6",
+        "opencv-python-headless>=4.5",
+        "matplotlib>=3.5",
+        "filelock>=3.0",
+        "tabulate>=0.8",
+        "omegaconf>=2.1",
+        "pillow>=9.0",
+    ],
+    extras_require={
+        # tools/deploy/export_model.py --format onnx, and its check in onnxruntime
+        "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
+        # the statistics of benchmarks/ab_compare.py
+        "bench": ["scipy>=1.9"],
+    },
     **_extensions(),
 )

@@ -6,7 +6,15 @@ backbones; box, mask, C4 res5 and semantic FPN heads; ``SNRetinaNet``) and the e
 (``sn_detection.data``: ``sn_shapes_*`` and its keypoint/panoptic versions, ``sn_clutter_*``, and
 the user COCO files named in ``SN_DETECTION_COCO_DATASETS`` by tools/norm_study.py).
 """
+import importlib.util
 import warnings
+
+if importlib.util.find_spec("detectron2") is None:
+    raise ImportError(
+        "sn_detection needs detectron2, which is not installed in this environment: install it "
+        "from source (https://detectron2.readthedocs.io/en/latest/tutorials/install.html) or with "
+        "`python scripts/install_detectron2.py` from this repository (`make setup` does it)"
+    )
 
 # detectron2 0.7 applies torch.jit.script to a few helpers when its modules are first imported,
 # which torch 2.14 deprecates with a FutureWarning per helper: noise about detectron2, not about
