@@ -18,7 +18,9 @@ Every relative link or image in these pages points at a file or folder that exis
 anchor at a heading of the page it names), and every repository path written in backticks
 outside code blocks exists.
 """
+
 import argparse
+import importlib.util
 import json
 import re
 import runpy
@@ -36,7 +38,9 @@ from sn_detection.testing import REPO, load_config, load_script
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL_LANGUAGES = ("bash", "sh", "shell")
 # backticked words that name a path of the repository
-REPO_PATH = re.compile(r"`((?:sn_detection|tools|configs|benchmarks|tests|docs|scripts|datasets)/[^`\s]*)`")
+REPO_PATH = re.compile(
+    r"`((?:sn_detection|tools|configs|benchmarks|tests|docs|scripts|datasets)/[^`\s]*)`"
+)
 
 
 class Block(NamedTuple):
@@ -100,7 +104,10 @@ def python_results(tmp_path_factory) -> Dict[str, str]:
     (tmp / "codes.json").write_text(json.dumps(codes))
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, str(tmp / "codes.json"), str(tmp / "results.json")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dict(zip(codes, json.loads((tmp / "results.json").read_text())))
@@ -129,6 +136,12 @@ def _commands(block: str) -> Iterator[List[str]]:
 @lru_cache(maxsize=None)
 def _makefile_targets() -> frozenset:
     return frozenset(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), flags=re.M))
+
+
+@lru_cache(maxsize=None)
+def _load(script: str):
+    """A script as a module, loaded once per session."""
+    return load_script(script)
 
 
 class _Parsed(BaseException):
@@ -166,11 +179,6 @@ def _parse_with_script(script: str, args: List[str]) -> argparse.Namespace:
     pytest.fail(f"{script} ran without parsing its arguments with argparse")
 
 
-@lru_cache(maxsize=None)
-def _load(script: str):
-    return load_script(script)
-
-
 def _check_overrides(namespace: argparse.Namespace) -> None:
     """The config overrides of a parsed command apply to its config file."""
     config, opts = getattr(namespace, "config_file", ""), getattr(namespace, "opts", None) or []
@@ -193,8 +201,6 @@ def _check_python_command(argv: List[str]) -> None:
         if word.endswith((".yaml", ".py")):
             assert (REPO / word).is_file(), (word, argv)
     if words[0] == "-m":
-        import importlib.util
-
         assert importlib.util.find_spec(words[1]) is not None, argv
         return
     script = words[0]
@@ -221,11 +227,15 @@ def test_shell_block_names_what_exists_and_parses(block):
 
 
 @pytest.mark.parametrize("block", YAML, ids=[b.id for b in YAML])
-def test_yaml_block_is_a_config_that_builds(block, tmp_path):
+def test_yaml_block_is_a_config_that_passes_the_norm_check(block, tmp_path):
     from sn_detection.modeling.checks import check_sn_builders
 
-    text = re.sub(r'^_BASE_: "?([^"\n]+)"?', lambda m: f'_BASE_: "{REPO / m.group(1)}"', block.code,
-                  flags=re.M)
+    text = re.sub(
+        r'^_BASE_: "?([^"\n]+)"?',
+        lambda m: f'_BASE_: "{REPO / m.group(1)}"',
+        block.code,
+        flags=re.M,
+    )
     (tmp_path / "config.yaml").write_text(text)
     check_sn_builders(load_config(tmp_path / "config.yaml"))
 
