@@ -1,4 +1,5 @@
 """The norm registry: SN names, detectron2's names, callables and errors."""
+
 import pytest
 from torch import nn
 
@@ -10,7 +11,8 @@ from sn_detection.layers import (
     register_norm,
     valid_norm_names,
 )
-from sn_detection.layers.norm import DETECTRON2_NORMS
+from sn_detection.layers.norm import DETECTRON2_NORMS, UnknownNormError
+from sn_detection.utils.cli import InputError
 
 
 def test_sn_names_build_sn_layers_with_options():
@@ -50,6 +52,22 @@ def test_unknown_name_lists_every_valid_name():
         assert name in message
     with pytest.raises(ValueError, match="Valid names"):
         norm_factory("sn")
+
+
+def test_unknown_name_is_an_input_error_that_names_where_it_was_given():
+    with pytest.raises(InputError) as e:
+        norm_factory("sn", key="MODEL.FPN.NORM", eps=1e-3)
+    assert isinstance(e.value, UnknownNormError)
+    assert str(e.value).startswith("MODEL.FPN.NORM is 'sn', which is not a norm. Valid names: SN,")
+    assert "\n" not in str(e.value)
+
+
+def test_get_norm_and_norm_factory_give_one_error_text():
+    with pytest.raises(UnknownNormError) as built:
+        get_norm("Switch", 4, key="k")
+    with pytest.raises(UnknownNormError) as factory:
+        norm_factory("Switch", key="k")
+    assert str(built.value) == str(factory.value)
 
 
 def test_factory_builds_with_options():
