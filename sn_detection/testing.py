@@ -9,22 +9,31 @@ Nothing in the library imports this module. It holds
 - ``run_distributed`` and ``count_collectives``: several CPU processes on gloo, and counting the
   torch.distributed collectives a block makes;
 - ``REPO``, ``CONFIGS``, ``load_config``: the repository's config files (source checkouts only);
-- ``copypaste_metrics``: the metrics in a log of detectron2's evaluation.
+- ``copypaste_metrics``: the metrics in a log of detectron2's evaluation;
+- ``OfficialResNet``, ``save_official``: the released ImageNet SN classifiers rebuilt from their
+  key list, saved as the official code saves them; ``RunsCode``: a pickle that runs code;
+- ``detection_fields``, ``assert_same_detections``: exported against eager detections.
 """
 import importlib.util
 import os
 import pathlib
 import re
+import resource
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -263,6 +272,27 @@ def load_script(relative_path: str) -> ModuleType:
     return module
 
 
+def run_with_file_size_limit(
+    relative_path: str, args: List[str], limit: int, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run a script of the repository in a child process whose files cannot grow past ``limit``
+    bytes (RLIMIT_FSIZE; SIGXFSZ ignored, so that such a write fails with EFBIG instead of
+    killing the process): a full disk, reproducibly. Returns the finished process (text output).
+    """
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, str(REPO / relative_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limit_file_size,
+    )
+
+
 def load_config(path, *opts):
     """A mutable cfg from a config file with MODEL.SN added, on the CPU, with KEY VALUE
     overrides."""
@@ -298,18 +328,6 @@ def copypaste_metrics(log: str) -> Dict[str, Dict[str, float]]:
 # -- smoke training ------------------------------------------------------------------------------
 
 
-def build_evaluator(cfg, dataset_name: str, output_dir: str):
-    """The evaluator tools/train_net.py uses for ``dataset_name`` (COCO with the config's OKS
-    sigmas, plus semantic segmentation for a panoptic dataset). ``output_dir`` holds the COCO
-    json that the evaluator converts (it is remembered in the dataset's metadata for the process:
-    use one directory per process)."""
-    from sn_detection.evaluation import build_sn_evaluator
-
-    return build_sn_evaluator(
-        dataset_name, output_dir, kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS
-    )
-
-
 def train_and_evaluate(cfg, output_dir: str, max_eval_images: int = 4) -> tuple:
     """Train ``cfg.SOLVER.MAX_ITER`` iterations (our SN-aware optimizer, detectron2's
     SimpleTrainer, which fails on a non-finite loss), then evaluate the first ``max_eval_images``
@@ -326,6 +344,7 @@ def train_and_evaluate(cfg, output_dir: str, max_eval_images: int = 4) -> tuple:
     from detectron2.modeling import build_model
 
     from sn_detection import build_sn_optimizer
+    from sn_detection.evaluation import build_sn_evaluator
 
     model = build_model(cfg)
     optimizer = build_sn_optimizer(cfg, model)
@@ -335,5 +354,170 @@ def train_and_evaluate(cfg, output_dir: str, max_eval_images: int = 4) -> tuple:
     loader = build_detection_test_loader(
         dataset=DatasetCatalog.get(name)[:max_eval_images], mapper=DatasetMapper(cfg, False)
     )
-    results = inference_on_dataset(model, loader, build_evaluator(cfg, name, output_dir))
+    # output_dir holds the COCO json the evaluator converts, remembered in the dataset's metadata
+    # for the process: one directory per process
+    evaluator = build_sn_evaluator(name, output_dir, kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS)
+    results = inference_on_dataset(model, loader, evaluator)
     return model, results
+
+
+# -- checkpoints in the official ImageNet SN layout ----------------------------------------------
+
+OFFICIAL_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+class OfficialSN(nn.Module):
+    """SN with the official tensor shapes ((1,C,1,1) weight/bias, (1,C,1) running statistics),
+    random values, and the reference semantics."""
+
+    def __init__(self, c: int, using_bn: bool):
+        super().__init__()
+        self.using_bn = using_bn
+        self.weight = nn.Parameter(1 + 0.2 * torch.randn(1, c, 1, 1))
+        self.bias = nn.Parameter(0.2 * torch.randn(1, c, 1, 1))
+        self.mean_weight = nn.Parameter(torch.randn(3 if using_bn else 2))
+        self.var_weight = nn.Parameter(torch.randn(3 if using_bn else 2))
+        if using_bn:
+            self.register_buffer("running_mean", 0.1 * torch.randn(1, c, 1))
+            self.register_buffer("running_var", 0.5 + torch.rand(1, c, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        stats = {}
+        if self.using_bn:
+            stats = {
+                "running_mean": self.running_mean.view(-1),
+                "running_var": self.running_var.view(-1),
+            }
+        w, b = self.weight.view(-1), self.bias.view(-1)
+        return switch_norm_reference(
+            x, w, b, self.mean_weight, self.var_weight, training=self.training, **stats
+        )
+
+
+class _V1Block(nn.Module):
+    def __init__(self, cin: int, planes: int, stride: int, using_bn: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.sn1 = OfficialSN(planes, using_bn)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.sn2 = OfficialSN(planes, using_bn)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.sn3 = OfficialSN(planes * 4, using_bn)
+        self.downsample = None
+        if stride != 1 or cin != planes * 4:
+            conv = nn.Conv2d(cin, planes * 4, 1, stride, bias=False)
+            self.downsample = nn.Sequential(conv, OfficialSN(planes * 4, using_bn))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.sn1(self.conv1(x)))
+        out = F.relu(self.sn2(self.conv2(out)))
+        out = self.sn3(self.conv3(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class _V2Block(nn.Module):
+    def __init__(self, cin: int, planes: int, stride: int, using_bn: bool):
+        super().__init__()
+        self.sn1 = OfficialSN(cin, using_bn)
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.sn2 = OfficialSN(planes, using_bn)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.sn3 = OfficialSN(planes, using_bn)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.downsample = None
+        if stride != 1 or cin != planes * 4:
+            self.downsample = nn.Conv2d(cin, planes * 4, 1, stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        preact = F.relu(self.sn1(x))
+        out = self.conv1(preact)
+        out = self.conv2(F.relu(self.sn2(out)))
+        out = self.conv3(F.relu(self.sn3(out)))
+        return out + (x if self.downsample is None else self.downsample(preact))
+
+
+class OfficialResNet(nn.Module):
+    """ResNet v1/v2 + SN with the official module names, random weights and narrow widths (stem
+    ``stem`` channels, res2 bottleneck ``planes``); ``features`` gives what our backbone must
+    return: v1 stage outputs; v2 each stage output through the next pre-activation."""
+
+    def __init__(
+        self,
+        version: str = "v1",
+        depth: int = 50,
+        using_bn: bool = True,
+        stem: int = 16,
+        planes: int = 16,
+    ):
+        super().__init__()
+        self.version = version
+        block = _V1Block if version == "v1" else _V2Block
+        self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
+        self.sn1 = OfficialSN(stem, using_bn)
+        cin = stem
+        for k, n in enumerate(OFFICIAL_BLOCKS[depth], start=1):
+            p = planes * 2 ** (k - 1)
+            layer = [block(cin, p, 2 if k > 1 else 1, using_bn)]
+            layer += [block(p * 4, p, 1, using_bn) for _ in range(n - 1)]
+            setattr(self, f"layer{k}", nn.Sequential(*layer))
+            cin = p * 4
+        if version == "v2":
+            self.sn_out = OfficialSN(cin, using_bn)
+        self.fc = nn.Linear(cin, 10)
+
+    def features(self, x: Tensor) -> Dict[str, Tensor]:
+        x = F.max_pool2d(F.relu(self.sn1(self.conv1(x))), 3, 2, 1)
+        outs = []
+        for k in (1, 2, 3, 4):
+            x = getattr(self, f"layer{k}")(x)
+            outs.append(x)
+        if self.version == "v1":
+            return {f"res{k + 2}": o for k, o in enumerate(outs)}
+        nxt = [self.layer2[0].sn1, self.layer3[0].sn1, self.layer4[0].sn1, self.sn_out]
+        return {f"res{k + 2}": F.relu(norm(o)) for k, (o, norm) in enumerate(zip(outs, nxt))}
+
+
+def save_official(model: nn.Module, path, legacy: bool = False) -> None:
+    """Save ``model`` as the official training script does: DataParallel ("module.") keys,
+    epoch, arch, best_prec1, optimizer; ``legacy``: a numpy best_prec1 and the pre-1.6 format."""
+    state = {"module." + k: v for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    best = np.float64(76.92) if legacy else 76.92
+    ckpt = {"epoch": 100, "model": "resnetv1sn50", "state_dict": state, "best_prec1": best}
+    ckpt["optimizer"] = optimizer.state_dict()
+    torch.save(ckpt, path, _use_new_zipfile_serialization=not legacy)
+
+
+class RunsCode:
+    """Unpickling this object runs a shell command that creates ``marker``: the payload of a
+    malicious weights file (a reader must refuse the global ``posix.system``)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# -- exported against eager detections -----------------------------------------------------------
+
+
+def detection_fields(instances) -> Dict[str, Tensor]:
+    """The fields of detectron2 ``Instances`` that exports return, as tensors."""
+    return {
+        "pred_boxes": instances.pred_boxes.tensor,
+        "scores": instances.scores,
+        "pred_classes": instances.pred_classes,
+        "pred_masks": instances.pred_masks,
+    }
+
+
+def assert_same_detections(got: Mapping[str, Any], want: Mapping[str, Tensor]) -> None:
+    """``got`` (tensors or arrays, e.g. from onnxruntime) has ``want``'s detections, up to the
+    float rounding by which the exported SN statistics differ from eager ones."""
+    assert len(want["scores"]) > 0, "no detection to compare"
+    got = {name: torch.as_tensor(got[name]) for name in want}
+    torch.testing.assert_close(got["pred_boxes"], want["pred_boxes"], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(got["scores"], want["scores"], rtol=1e-4, atol=1e-4)
+    assert torch.equal(got["pred_classes"], want["pred_classes"])
+    torch.testing.assert_close(got["pred_masks"], want["pred_masks"], rtol=1e-4, atol=1e-4)

@@ -16,6 +16,7 @@ from .official_layout import (
     convert_official,
     inspect_state_dict,
     official_state_dict,
+    strip_module_prefix,
 )
 from .reading import read_checkpoint
 from .sn_checkpointer import SNCheckpointer
@@ -31,4 +32,5 @@ __all__ = [
     "inspect_state_dict",
     "official_state_dict",
     "read_checkpoint",
+    "strip_module_prefix",
 ]

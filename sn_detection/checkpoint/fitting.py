@@ -12,25 +12,32 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import ResNet
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 from torch import Tensor, nn
 
-from ..layers import FrozenSwitchNorm2d, SwitchNorm2d
+from ..config import add_sn_config
+from ..layers.switch_norm import LOGIT_NAMES, RUNNING_NAMES, named_switch_norms
 from ..modeling.resnet_v2 import ResNetV2
 from .errors import SHOWN, CheckpointError, natural_key, sample_keys
-from .official_layout import BACKBONE_NAMES, PIXEL_MEAN, PIXEL_STD, WIDTH_KEYS, SNImageNetInfo
+from .official_layout import (
+    BACKBONE_NAMES,
+    PIXEL_MEAN,
+    PIXEL_STD,
+    WIDTH_KEYS,
+    Conversion,
+    SNImageNetInfo,
+)
 
 logger = logging.getLogger(__name__)
 
-_SN_STATE = ("mean_weight", "var_weight", "running_mean", "running_var")  # learnt by SN only
 # kept by the model itself, never taken from ImageNet weights: SwitchNorm2d's count of the
-# batches averaged so far (batch-average mode), which its loader fills in when absent
-BOOKKEEPING = ("num_batches",)
-
-
-def _shape(t) -> Tuple[int, ...]:
-    return tuple(t.shape)
+# batches averaged so far (batch-average mode), which its loader fills in when absent, and
+# BatchNorm's count of batches
+BOOKKEEPING = ("num_batches", "num_batches_tracked")
 
 
 @dataclass
@@ -53,7 +60,7 @@ class BackboneLayout:
                 f"{', '.join(n for names in BACKBONE_NAMES.values() for n in names)}"
             )
         name, resnet = min(found, key=lambda nm: len(nm[0]))
-        norms = [m for m in resnet.modules() if isinstance(m, (SwitchNorm2d, FrozenSwitchNorm2d))]
+        norms = [m for _, m in named_switch_norms(resnet)]
         types = sorted(
             {type(m).__name__ for m in resnet.modules() if "norm" in type(m).__name__.lower()}
         )
@@ -177,14 +184,12 @@ def fit_to_model(
     differ = [
         k
         for k in sorted(set(want) & set(state), key=natural_key)
-        if _shape(state[k]) != _shape(want[k])
+        if tuple(state[k].shape) != tuple(want[k].shape)
         # logits of another length are the BN-branch mismatch reported above
-        and not (
-            k.endswith(("mean_weight", "var_weight")) and layout.sn_using_bn != {info.using_bn}
-        )
+        and not (k.endswith(LOGIT_NAMES) and layout.sn_using_bn != {info.using_bn})
     ]
     if differ:
-        shapes = [f"{k} {list(_shape(state[k]))} vs {list(_shape(want[k]))}" for k in differ]
+        shapes = [f"{k} {list(state[k].shape)} vs {list(want[k].shape)}" for k in differ]
         problems.append(
             f"shapes differ (checkpoint vs model) for {len(shapes)} tensors: "
             f"{'; '.join(shapes[:SHOWN])}{' ...' if len(shapes) > SHOWN else ''}; the "
@@ -203,6 +208,24 @@ def fit_to_model(
     return {k: v for k, v in state.items() if k in want}, layout, unused
 
 
+def check_against_backbone(conversion: Conversion) -> None:
+    """Build the (non-FPN) backbone that converted weights need and check that every tensor fits
+    it exactly (:func:`fit_to_model`)."""
+    cfg = get_cfg()
+    add_sn_config(cfg)
+    settings = {
+        **conversion.info.required_settings(),
+        **dict(zip(WIDTH_KEYS, conversion.info.widths)),  # also when they are the defaults
+    }
+    cfg.merge_from_list([item for key_value in settings.items() for item in key_value])
+    cfg.MODEL.RESNETS.NUM_GROUPS = 1
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    builder = BACKBONE_REGISTRY.get(BACKBONE_NAMES[conversion.info.version][1])
+    backbone = builder(cfg, ShapeSpec(channels=3))
+    fit_to_model(conversion.state, conversion.metadata(), backbone, conversion.source)
+
+
 def sn_layers_from_scratch(
     model: nn.Module, checkpoint_keys: Iterable[str], missing_keys: Iterable[str], source: str
 ) -> Optional[str]:
@@ -214,10 +237,10 @@ def sn_layers_from_scratch(
     affine weights load, and only these SN tensors start from scratch.
     """
     missing = set(missing_keys)
-    layers = [
-        n for n, m in model.named_modules() if isinstance(m, (SwitchNorm2d, FrozenSwitchNorm2d))
-    ]
-    fresh = [n for n in layers if any(f"{n}.{t}".lstrip(".") in missing for t in _SN_STATE)]
+    layers = [name for name, _ in named_switch_norms(model)]
+    # the tensors SN alone learns: a GN or BN checkpoint has the affine weights
+    sn_only = LOGIT_NAMES + RUNNING_NAMES
+    fresh = [n for n in layers if any(f"{n}.{t}".lstrip(".") in missing for t in sn_only)]
     if not fresh:
         return None
     has_sn = any(str(k).endswith(".mean_weight") for k in checkpoint_keys)

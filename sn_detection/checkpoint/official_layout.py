@@ -7,6 +7,7 @@ docs/PRETRAINED.md). :func:`convert_official` maps every tensor to our backbones
 Nothing here matches names fuzzily.
 """
 
+import pickle
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..layers.switch_norm import AFFINE_NAMES, LOGIT_NAMES, RUNNING_NAMES
 from ..modeling.resnet_v2 import BLOCKS_PER_STAGE
+from ..utils.file_io import atomic_save
 from .errors import CheckpointError, sample_keys
 
 # key of the conversion metadata in converted checkpoints (a dict of plain values)
@@ -30,8 +33,7 @@ BACKBONE_NAMES = {
     "v1": ("build_sn_resnet_fpn_backbone", "build_sn_resnet_backbone"),
     "v2": ("build_sn_resnet_v2_fpn_backbone", "build_sn_resnet_v2_backbone"),
 }
-_AFFINE = ("weight", "bias", "mean_weight", "var_weight")
-_RUNNING = ("running_mean", "running_var")
+_LOGIT_SUFFIXES = tuple(f".{name}" for name in LOGIT_NAMES)
 DEFAULT_WIDTHS = (64, 256, 64)
 _CONV_KEY = re.compile(r"(^|\.)(conv\d|downsample|downsample\.0)\.weight$")
 WIDTH_KEYS = (
@@ -41,18 +43,19 @@ WIDTH_KEYS = (
 )
 
 
-def _shape(t) -> Tuple[int, ...]:
-    return tuple(t.shape)
-
-
 def _tensors_only(obj: Mapping) -> bool:
     return len(obj) > 0 and all(isinstance(v, (Tensor, np.ndarray)) for v in obj.values())
 
 
-def _strip_module(state: Mapping) -> Dict[str, Any]:
+def strip_module_prefix(state: Mapping) -> Dict[str, Any]:
+    """``state`` as a dict, without the "module." prefix that (Distributed)DataParallel gives
+    every key; unchanged unless every key has it."""
     if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
         return {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
+
+
+_strip_module = strip_module_prefix  # the name sn_detection.analysis.shares still imports
 
 
 def _classifier_state(obj: Any) -> Optional[Dict[str, Any]]:
@@ -62,9 +65,9 @@ def _classifier_state(obj: Any) -> Optional[Dict[str, Any]]:
     if not isinstance(obj, Mapping):
         return None
     if isinstance(obj.get("state_dict"), Mapping):
-        return _strip_module(obj["state_dict"])
+        return strip_module_prefix(obj["state_dict"])
     if _tensors_only(obj):
-        state = _strip_module(obj)
+        state = strip_module_prefix(obj)
         if "conv1.weight" in state and any(k.startswith("layer1.") for k in state):
             return state
     return None
@@ -152,7 +155,7 @@ class SNImageNetInfo:
 
 
 def _norm_rows(src: str, dst: str, using_bn: bool) -> List[Tuple[str, str]]:
-    names = _AFFINE + (_RUNNING if using_bn else ())
+    names = AFFINE_NAMES + LOGIT_NAMES + (RUNNING_NAMES if using_bn else ())
     return [(f"{src}.{p}", f"{dst}.{p}") for p in names]
 
 
@@ -207,7 +210,7 @@ def inspect_state_dict(state: Mapping[str, Any]) -> SNImageNetInfo:
             "the SN checkpoint mixes the v1 layout (downsample.0/.1) and the v2 layout "
             "(sn_out, downsample without norm)"
         )
-    lengths = {v.numel() for k, v in state.items() if k.endswith((".mean_weight", ".var_weight"))}
+    lengths = {v.numel() for k, v in state.items() if k.endswith(_LOGIT_SUFFIXES)}
     norms = [k[: -len(".mean_weight")] for k in state if k.endswith(".mean_weight")]
     with_stats = [n for n in norms if f"{n}.running_mean" in state and f"{n}.running_var" in state]
     if lengths == {3} and len(with_stats) == len(norms):
@@ -220,7 +223,7 @@ def inspect_state_dict(state: Mapping[str, Any]) -> SNImageNetInfo:
             f"{sorted(lengths)}, running statistics in {len(with_stats)} of {len(norms)} SN layers"
         )
     widths = tuple(
-        _shape(state[k])[0]
+        state[k].shape[0]
         for k in ("conv1.weight", "layer1.0.conv3.weight", "layer1.0.conv1.weight")
     )
     return SNImageNetInfo("v2" if v2 else "v1", DEPTHS[blocks], blocks, using_bn, widths)
@@ -228,12 +231,12 @@ def inspect_state_dict(state: Mapping[str, Any]) -> SNImageNetInfo:
 
 def _flatten_norm_tensor(key: str, t: Tensor) -> Tensor:
     """(1,C,1,1) weight/bias and (1,C,1) running statistics -> (C,); logits stay (3,) / (2,)."""
-    if key.endswith((".mean_weight", ".var_weight")) or t.dim() == 1:
+    if key.endswith(_LOGIT_SUFFIXES) or t.dim() == 1:
         return t
     if t.dim() in (3, 4) and t.shape[0] == 1 and all(s == 1 for s in t.shape[2:]):
         return t.reshape(t.shape[1])
     raise CheckpointError(
-        f"SN tensor {key} has shape {_shape(t)}: expected (1,C,1,1), (1,C,1) or (C,)"
+        f"SN tensor {key} has shape {tuple(t.shape)}: expected (1,C,1,1), (1,C,1) or (C,)"
     )
 
 
@@ -268,6 +271,16 @@ class Conversion:
             "matching_heuristics": False,
             SN_IMAGENET_KEY: self.metadata(),
         }
+
+    def save(self, path: str) -> None:
+        """Write :meth:`to_checkpoint` to ``path``, whole or not at all: a .pkl in detectron2's
+        model-zoo format (numpy arrays), anything else with torch.save."""
+        checkpoint = self.to_checkpoint()
+        if path.endswith(".pkl"):
+            checkpoint["model"] = {k: v.detach().cpu().numpy() for k, v in self.state.items()}
+            atomic_save(path, lambda f: pickle.dump(checkpoint, f))
+        else:
+            atomic_save(path, lambda f: torch.save(checkpoint, f))
 
     def report(self) -> str:
         """The conversion report: what the file is, each mapped tensor, dropped tensors and the
@@ -314,7 +327,7 @@ def convert_official(obj: Any, prefix: str = "", source: str = "") -> Conversion
     except CheckpointError as e:
         raise CheckpointError(f"{name}: {e}") from None
     rows = key_mapping(info)
-    dropped = [(k, _shape(v)) for k, v in state.items() if k.startswith("fc.")]
+    dropped = [(k, tuple(v.shape)) for k, v in state.items() if k.startswith("fc.")]
     expected = {src for src, _ in rows}
     missing = expected - set(state)
     unknown = set(state) - expected - {k for k, _ in dropped}
@@ -333,12 +346,12 @@ def convert_official(obj: Any, prefix: str = "", source: str = "") -> Conversion
         t = state[src]
         if _CONV_KEY.search(src):
             if t.dim() != 4:
-                raise CheckpointError(f"conv tensor {src} has shape {_shape(t)}: expected 4-D")
+                raise CheckpointError(f"conv tensor {src} has shape {tuple(t.shape)}: expected 4-D")
             out = t
         else:
             out = _flatten_norm_tensor(src, t)
         converted[prefix + dst] = out
-        mapping.append((src, dst, _shape(t), _shape(out)))
+        mapping.append((src, dst, tuple(t.shape), tuple(out.shape)))
     extras = {}
     if isinstance(obj, Mapping) and "state_dict" in obj:
         for key in ("model", "arch", "epoch", "best_prec1"):

@@ -2,11 +2,14 @@
 the ImageNet SN checkpoints."""
 
 import logging
-from typing import Any, Dict, Mapping
+import os
+from typing import Any, Dict, List, Mapping
+from urllib.parse import urlparse
 
 from detectron2.checkpoint import DetectionCheckpointer
+from torch.nn.parallel import DistributedDataParallel
 
-from .errors import CheckpointError, sample_keys
+from .errors import CheckpointError, natural_key, sample_keys
 from .fitting import BOOKKEEPING, fit_to_model, sn_layers_from_scratch
 from .official_layout import (
     SN_IMAGENET_KEY,
@@ -45,10 +48,30 @@ class SNCheckpointer(DetectionCheckpointer):
     that cannot be read, or a classifier checkpoint of another architecture, or a checkpoint none
     of whose tensors fit the model, raises a one-line CheckpointError. A detectron2 checkpoint
     without the model's SN layers (e.g. trained with GN or BN) loads as usual, and one warning
-    says how many SN layers start from scratch.
+    says how many SN layers start from scratch. A local file that is missing (or a directory)
+    raises a one-line CheckpointError. :meth:`unloaded_keys` says what the last load left at its
+    initial values.
     """
 
     _source = ""
+    _missing_keys: List[str] = []
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        local = urlparse(path)._replace(query="").geturl() if path else ""
+        distributed = isinstance(self.model, DistributedDataParallel)  # detectron2 checks each rank
+        if local and "://" not in local and not distributed and not os.path.isfile(local):
+            what = "is a directory" if os.path.isdir(local) else "does not exist"
+            raise CheckpointError(f"Checkpoint {local} {what}: give the path of a weights file")
+        return super().load(path, *args, **kwargs)
+
+    def unloaded_keys(self) -> List[str]:
+        """The model's parameters and buffers that the last :meth:`load` left at their initial
+        values, in natural order; not counted: those the model fills itself (pixel statistics
+        from the config, SN and BatchNorm batch counts)."""
+        return sorted(
+            (k for k in self._missing_keys if k.rpartition(".")[2] not in BOOKKEEPING),
+            key=natural_key,
+        )
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         self._source = filename
@@ -106,9 +129,15 @@ class SNCheckpointer(DetectionCheckpointer):
         return dict(obj)
 
     def _load_model(self, checkpoint: Dict[str, Any]):
-        metadata = checkpoint.get(SN_IMAGENET_KEY)
-        if metadata is None:
-            return self._load_detectron2(checkpoint)
+        if checkpoint.get(SN_IMAGENET_KEY) is None:
+            incompatible = self._load_detectron2(checkpoint)
+        else:
+            incompatible = self._load_imagenet_sn(checkpoint)
+        self._missing_keys = list(incompatible.missing_keys)
+        return incompatible
+
+    def _load_imagenet_sn(self, checkpoint: Dict[str, Any]):
+        metadata = checkpoint[SN_IMAGENET_KEY]
         self._convert_ndarray_to_tensor(checkpoint["model"])
         state, layout, unused = fit_to_model(
             checkpoint["model"], metadata, self.model, self._source

@@ -1,15 +1,17 @@
-"""Writing the files a user keeps (converted weights, reports, figures, exported models) safely.
+"""Writing the files a user keeps (converted weights, reports, figures, exported models) whole or
+not at all.
 
-``atomic_write`` checks the destination before any work is spent on the content, writes to a
-temporary file in the destination's directory and renames it into place only when the write has
-finished: a failure part-way leaves any file already at the destination untouched and no
-truncated file behind. Checkpoints written during training are detectron2's
-(``DetectionCheckpointer``), which has its own conventions.
+``atomic_write`` writes to a temporary file in the destination's folder and renames it into place
+once complete: a failure part-way leaves the file already there untouched and no partial file.
+``atomic_save`` does the same for writers implemented in C++ (``torch.save``, ``torch.jit.save``,
+``torch.export.save``, ``onnx.save``). Checkpoints written during training are detectron2's.
 """
+
 import contextlib
+import io
 import os
 import tempfile
-from typing import IO, Iterator, Union
+from typing import IO, Callable, Iterator, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -61,3 +63,22 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def atomic_save(path: PathLike, save: Callable[[IO[bytes]], object]) -> None:
+    """Write what ``save(f)`` writes into a binary file ``f`` to ``path``, whole or not at all.
+
+    ``save`` writes to memory, then the bytes go to ``path`` through :func:`atomic_write`. On a
+    full disk or past a file-size limit the C++ writers of torch and onnx raise a RuntimeError or
+    abort the process; this way the failure is an ``OSError`` that names ``path``, and the file
+    there stays as it was. Costs one copy of the file in memory.
+    """
+    path = check_writable(path)
+    buffer = io.BytesIO()
+    save(buffer)
+    try:
+        with atomic_write(path) as f:
+            f.write(buffer.getbuffer())
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise OSError(f"writing {path} failed ({reason}); any file there is unchanged") from e

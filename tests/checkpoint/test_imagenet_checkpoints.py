@@ -1,19 +1,17 @@
 """ImageNet SN checkpoints in the official layout: recognition, conversion, exact loading, errors.
 
-The official models are rebuilt here from their key list as plain modules (narrow widths to stay
-fast), filled with random weights, running statistics and logits, and saved as the official code
-saves them ('state_dict' with 'module.' keys, (1,C,1,1)/(1,C,1) norm tensors).
+The official models (``sn_detection.testing.OfficialResNet``: narrow widths, random weights,
+running statistics and logits) are saved as the official code saves them ('state_dict' with
+'module.' keys, (1,C,1,1)/(1,C,1) norm tensors).
 """
 
-import importlib.util
+import os
 import pickle
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
@@ -29,11 +27,19 @@ from sn_detection.checkpoint import (
     read_checkpoint,
 )
 from sn_detection.checkpoint.fitting import input_convention_warnings
-from sn_detection.testing import CONFIGS, REPO, load_config, switch_norm_reference
+from sn_detection.testing import (
+    CONFIGS,
+    REPO,
+    OfficialResNet,
+    load_config,
+    load_script,
+    run_with_file_size_limit,
+    save_official,
+)
+from sn_detection.utils.cli import run_tool
 
-STEM, PLANES = 16, 16  # narrow widths: stem 16, res2 64 out / 16 bottleneck
+STEM, PLANES = 16, 16  # OfficialResNet's narrow widths: stem 16, res2 64 out / 16 bottleneck
 INPUT = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 TOOL = REPO / "tools/convert_sn_imagenet_to_d2.py"
 SN_2X = CONFIGS / "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_sn.yaml"
 NARROW = [
@@ -41,122 +47,6 @@ NARROW = [
     "MODEL.RESNETS.RES2_OUT_CHANNELS", str(PLANES * 4),
     "MODEL.RESNETS.WIDTH_PER_GROUP", str(PLANES),
 ]  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------
-# The official layout, written from its key list
-
-
-class OfficialSN(nn.Module):
-    """SN with the official tensor shapes and semantics (reference implementation)."""
-
-    def __init__(self, c: int, using_bn: bool):
-        super().__init__()
-        self.using_bn = using_bn
-        self.weight = nn.Parameter(1 + 0.2 * torch.randn(1, c, 1, 1))
-        self.bias = nn.Parameter(0.2 * torch.randn(1, c, 1, 1))
-        self.mean_weight = nn.Parameter(torch.randn(3 if using_bn else 2))
-        self.var_weight = nn.Parameter(torch.randn(3 if using_bn else 2))
-        if using_bn:
-            self.register_buffer("running_mean", 0.1 * torch.randn(1, c, 1))
-            self.register_buffer("running_var", 0.5 + torch.rand(1, c, 1))
-
-    def forward(self, x):
-        stats = {}
-        if self.using_bn:
-            stats = {
-                "running_mean": self.running_mean.view(-1),
-                "running_var": self.running_var.view(-1),
-            }
-        w, b = self.weight.view(-1), self.bias.view(-1)
-        return switch_norm_reference(
-            x, w, b, self.mean_weight, self.var_weight, training=self.training, **stats
-        )
-
-
-class V1Block(nn.Module):
-    def __init__(self, cin, planes, stride, using_bn):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.sn1 = OfficialSN(planes, using_bn)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.sn2 = OfficialSN(planes, using_bn)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.sn3 = OfficialSN(planes * 4, using_bn)
-        self.downsample = None
-        if stride != 1 or cin != planes * 4:
-            conv = nn.Conv2d(cin, planes * 4, 1, stride, bias=False)
-            self.downsample = nn.Sequential(conv, OfficialSN(planes * 4, using_bn))
-
-    def forward(self, x):
-        out = F.relu(self.sn1(self.conv1(x)))
-        out = F.relu(self.sn2(self.conv2(out)))
-        out = self.sn3(self.conv3(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class V2Block(nn.Module):
-    def __init__(self, cin, planes, stride, using_bn):
-        super().__init__()
-        self.sn1 = OfficialSN(cin, using_bn)
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.sn2 = OfficialSN(planes, using_bn)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.sn3 = OfficialSN(planes, using_bn)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.downsample = None
-        if stride != 1 or cin != planes * 4:
-            self.downsample = nn.Conv2d(cin, planes * 4, 1, stride, bias=False)
-
-    def forward(self, x):
-        preact = F.relu(self.sn1(x))
-        out = self.conv1(preact)
-        out = self.conv2(F.relu(self.sn2(out)))
-        out = self.conv3(F.relu(self.sn3(out)))
-        return out + (x if self.downsample is None else self.downsample(preact))
-
-
-class OfficialResNet(nn.Module):
-    """ResNet v1/v2 + SN with the official module names; ``features`` gives what our backbone
-    must return: v1 stage outputs; v2 each stage output through the next pre-activation."""
-
-    def __init__(self, version="v1", depth=50, using_bn=True, stem=STEM, planes=PLANES):
-        super().__init__()
-        self.version = version
-        block = V1Block if version == "v1" else V2Block
-        self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
-        self.sn1 = OfficialSN(stem, using_bn)
-        cin = stem
-        for k, n in enumerate(BLOCKS[depth], start=1):
-            p = planes * 2 ** (k - 1)
-            layer = [block(cin if i == 0 else p * 4, p, 2 if k > 1 and i == 0 else 1, using_bn)
-                     for i in range(n)]  # fmt: skip
-            setattr(self, f"layer{k}", nn.Sequential(*layer))
-            cin = p * 4
-        if version == "v2":
-            self.sn_out = OfficialSN(cin, using_bn)
-        self.fc = nn.Linear(cin, 10)
-
-    def features(self, x):
-        x = F.max_pool2d(F.relu(self.sn1(self.conv1(x))), 3, 2, 1)
-        outs = []
-        for k in (1, 2, 3, 4):
-            x = getattr(self, f"layer{k}")(x)
-            outs.append(x)
-        if self.version == "v1":
-            return {f"res{k + 2}": o for k, o in enumerate(outs)}
-        nxt = [self.layer2[0].sn1, self.layer3[0].sn1, self.layer4[0].sn1, self.sn_out]
-        return {f"res{k + 2}": F.relu(norm(o)) for k, (o, norm) in enumerate(zip(outs, nxt))}
-
-
-def save_official(model: nn.Module, path, legacy: bool = False) -> None:
-    """As the official training script: DataParallel keys, epoch, arch, best_prec1, optimizer."""
-    state = {"module." + k: v for k, v in model.state_dict().items()}
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    best = np.float64(76.92) if legacy else 76.92  # some scripts store a numpy scalar
-    ckpt = {"epoch": 100, "model": "resnetv1sn50", "state_dict": state, "best_prec1": best}
-    ckpt["optimizer"] = optimizer.state_dict()
-    torch.save(ckpt, path, _use_new_zipfile_serialization=not legacy)
 
 
 @pytest.fixture(scope="module")
@@ -179,11 +69,9 @@ def official(tmp_path_factory):
     return out
 
 
-def _tool_module():
-    spec = importlib.util.spec_from_file_location("convert_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def convert(*argv: str) -> int:
+    """tools/convert_sn_imagenet_to_d2.py run in this process; its exit status."""
+    return run_tool(load_script("tools/convert_sn_imagenet_to_d2.py").main, list(argv))
 
 
 def backbone_cfg(version="v1", using_bn=True, depth=50, narrow=True, *opts):
@@ -291,10 +179,9 @@ def test_official_file_is_recognised_whatever_its_suffix(official, tmp_path):
 
 
 def test_converted_pkl_loads_exactly_even_with_detectron2_checkpointer(official, tmp_path):
-    convert = _tool_module().main
     model, path = official["v2"]
     out = str(tmp_path / "r50v2.pkl")
-    assert convert([path, out, "--prefix", ""]) == 0
+    assert convert(path, out, "--prefix", "") == 0
     with open(out, "rb") as f:
         data = pickle.load(f)
     assert data["matching_heuristics"] is False and "sn_imagenet" in data
@@ -333,11 +220,40 @@ def test_tool_runs_and_prints_mapping_and_settings(official, tmp_path):
 def test_tool_refuses_a_non_checkpoint_in_one_line(tmp_path, capsys):
     bad = tmp_path / "garbage.pth"
     bad.write_bytes(b"\x80\x02not a checkpoint at all" * 10)
-    assert _tool_module().main([str(bad), str(tmp_path / "out.pkl")]) == 1
+    assert convert(str(bad), str(tmp_path / "out.pkl")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Cannot read checkpoint") and err.count("\n") == 1
     assert "not a PyTorch/detectron2 checkpoint" in err and "UnpicklingError" in err
     assert not (tmp_path / "out.pkl").exists()
+
+
+@pytest.mark.parametrize("link", ["same path", "symlink", "hard link"])
+def test_tool_refuses_to_write_over_its_input(official, tmp_path, capsys, link):
+    path = tmp_path / "official.pth"
+    path.write_bytes(open(official["v1"][1], "rb").read())
+    before = path.read_bytes()
+    out = path
+    if link == "symlink":
+        out = tmp_path / "converted.pth"
+        out.symlink_to(path)
+    elif link == "hard link":
+        out = tmp_path / "converted.pth"
+        os.link(path, out)
+    assert convert(str(path), str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is the INPUT file" in err
+    assert path.read_bytes() == before
+
+
+def test_a_failed_write_leaves_the_earlier_output_and_one_line(official, tmp_path):
+    out = tmp_path / "converted.pth"
+    out.write_bytes(b"earlier conversion")
+    tool = "tools/convert_sn_imagenet_to_d2.py"
+    proc = run_with_file_size_limit(tool, [official["v1_nobn"][1], str(out)], limit=1 << 16)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "File too large" in proc.stderr, proc.stderr
+    assert out.read_bytes() == b"earlier conversion"
+    assert os.listdir(tmp_path) == ["converted.pth"]  # no temporary file left
 
 
 # ------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 checkpoint loaded into an SN model says in one line which SN layers start from scratch."""
 
 import logging
-import os
 import pickle
 
 import numpy as np
@@ -13,6 +12,7 @@ from torch import nn
 
 from sn_detection import SwitchNorm2d
 from sn_detection.checkpoint import CheckpointError, SNCheckpointer, read_checkpoint
+from sn_detection.testing import RunsCode
 
 
 class Net(nn.Module):
@@ -26,16 +26,6 @@ class Net(nn.Module):
 
 def _gn(c):
     return nn.GroupNorm(2, c)
-
-
-class RunsCode:
-    """Unpickling this object runs a shell command (creates ``marker``)."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture
@@ -127,3 +117,13 @@ def test_partial_sn_checkpoint_names_the_layers_left_from_scratch(tmp_path, capl
         SNCheckpointer(Net()).load(path)
     (line,) = [r.getMessage() for r in caplog.records if "start from scratch" in r.getMessage()]
     assert line.startswith("1 of 2 SN layers") and "norm2" in line
+
+
+@pytest.mark.parametrize("what", ["does not exist", "is a directory"])
+def test_a_missing_or_directory_weights_path_is_a_one_line_error(tmp_path, what):
+    path = tmp_path / "model_final.pth"
+    if what == "is a directory":
+        path.mkdir()
+    with pytest.raises(CheckpointError, match=f"{path} {what}") as e:
+        SNCheckpointer(Net()).load(str(path))
+    assert "\n" not in str(e.value)

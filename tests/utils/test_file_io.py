@@ -1,14 +1,14 @@
 """Files a user keeps are written whole or not at all, and a bad destination is found first."""
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
-from sn_detection.testing import REPO
-from sn_detection.utils.file_io import atomic_write, check_writable
+from sn_detection.testing import load_script
+from sn_detection.utils.cli import run_tool
+from sn_detection.utils.file_io import atomic_save, atomic_write, check_writable
 
 
 def test_atomic_write_replaces_the_file_only_once_written(tmp_path):
@@ -28,6 +28,21 @@ def test_a_failure_part_way_leaves_the_old_file_and_no_temporary(tmp_path):
             f.write(b"half of the new")
             raise OSError("disk full")
     assert path.read_bytes() == b"good weights" and os.listdir(tmp_path) == ["weights.pkl"]
+
+
+def test_atomic_save_writes_what_the_writer_writes_or_leaves_the_old_file(tmp_path):
+    path = tmp_path / "model.ts"
+    path.write_bytes(b"good model")
+
+    def failing(f):
+        f.write(b"half a model")
+        raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        atomic_save(path, failing)
+    assert path.read_bytes() == b"good model" and os.listdir(tmp_path) == ["model.ts"]
+    atomic_save(path, lambda f: f.write(b"new model"))
+    assert path.read_bytes() == b"new model" and os.listdir(tmp_path) == ["model.ts"]
 
 
 def test_new_files_get_the_usual_permissions_and_replacements_keep_theirs(tmp_path):
@@ -53,19 +68,11 @@ def test_a_missing_directory_is_reported_before_any_work(tmp_path):
         check_writable(tmp_path)
 
 
-def _converter():
-    spec = importlib.util.spec_from_file_location(
-        "convert_sn_imagenet_to_d2", REPO / "tools/convert_sn_imagenet_to_d2.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_converter_checks_the_destination_before_reading_the_input(tmp_path, capsys):
     missing_input = tmp_path / "not_read.pth"  # never opened: the destination fails first
     out = tmp_path / "no_such_dir" / "out.pkl"
-    assert _converter().main([str(missing_input), str(out)]) == 1
+    converter = load_script("tools/convert_sn_imagenet_to_d2.py")
+    assert run_tool(converter.main, [str(missing_input), str(out)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no_such_dir does not exist" in err
 
