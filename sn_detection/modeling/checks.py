@@ -1,21 +1,17 @@
-"""Which builder of a config reads which norm key, and the SN twin of each detectron2 builder.
+"""A check of a YAML config's norms before its model is built: which builder reads which norm key,
+and the SN twin of each detectron2 builder.
 
 detectron2's builders hand their ``NORM`` key to detectron2's closed ``get_norm``, so "SN" there
 ends in a bare ``KeyError: 'SN'`` from deep inside detectron2. :func:`check_sn_builders` finds
 this (and unknown norm names) from the config alone and says which of our builders to use.
-
-Two depths of checking: each of our builders checks only the norm keys it reads itself (an unknown
-name raises through :func:`resolve_norm`, naming the key), so a part can be built alone (as
-tools/convert_sn_imagenet_to_d2.py builds a backbone). The whole model is checked once, where a
-config is set up (``setup()`` of tools/train_net.py), by :func:`check_sn_builders`.
 """
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from typing import Any, Dict, List, Tuple
 
 from detectron2.config import CfgNode
-from torch import nn
 
-from ..layers import norm_factory, valid_norm_names
-from ..layers.norm import NORMS
+from ..layers.norm import NORMS, UnknownNormError, check_norm_name
+from ..utils.cli import InputError
 
 # detectron2's builder (registered name) -> ours, which passes our norm callables to it
 SN_BUILDERS: Dict[str, str] = {
@@ -52,30 +48,6 @@ _SEM_SEG_LIKE = ("PanopticFPN", "SemanticSegmentor")
 _RES5_HEADS = ("Res5ROIHeads", "SNRes5ROIHeads")
 
 
-def sn_builder_for(name: str) -> Optional[str]:
-    """Our builder to use instead of detectron2's builder ``name`` (a registered backbone,
-    meta-architecture, RoI-heads or head name) for SN/SyncSN norms; None if there is none."""
-    return SN_BUILDERS.get(name)
-
-
-def unknown_norm_message(key: str, norm: Any) -> str:
-    """The error for an unknown norm name in ``key``: the valid names, and how to set none."""
-    return (
-        f"{key} is {norm!r}, which is not a norm. Valid names: {', '.join(valid_norm_names())} "
-        f'(or "" for none).'
-    )
-
-
-def resolve_norm(
-    norm: Union[str, Callable[[int], nn.Module], None], key: str, **sn_options: Any
-) -> Union[str, Callable[[int], nn.Module]]:
-    """:func:`sn_detection.layers.norm_factory` for the config key ``key``: an unknown name
-    raises a ValueError that names ``key`` and lists the valid names."""
-    if isinstance(norm, str) and norm and norm not in valid_norm_names():
-        raise ValueError(unknown_norm_message(key, norm))
-    return norm_factory(norm, **sn_options)
-
-
 def _builders_in_use(cfg: CfgNode) -> List[str]:
     """The config keys naming the builders that ``build_model(cfg)`` calls and that read a norm."""
     m = cfg.MODEL
@@ -99,7 +71,7 @@ def _get(cfg: CfgNode, key: str) -> Any:
 
 
 def check_sn_builders(cfg: CfgNode) -> None:
-    """Raise one ValueError listing every norm key of ``cfg`` that its model cannot build:
+    """Raise one InputError listing every norm key of ``cfg`` that its model cannot build:
 
     - "SN"/"SyncSN" read by a detectron2 builder (which would fail with ``KeyError: 'SN'``),
       naming our builder to set instead;
@@ -117,9 +89,12 @@ def check_sn_builders(cfg: CfgNode) -> None:
             norm = cfg.MODEL[node].NORM if node in cfg.MODEL else None
             if not isinstance(norm, str) or not norm:
                 continue
-            if norm not in valid_norm_names():
-                problems.append(unknown_norm_message(norm_key, norm))
-            elif norm in NORMS and builder in SN_BUILDERS:
+            try:
+                check_norm_name(norm, norm_key)
+            except UnknownNormError as e:
+                problems.append(str(e))
+                continue
+            if norm in NORMS and builder in SN_BUILDERS:
                 problems.append(
                     f"{norm_key} is {norm!r}, but {builder_key} {builder!r} is detectron2's, which "
                     f"knows only detectron2's norms (it fails with KeyError: {norm!r}): set "
@@ -128,4 +103,4 @@ def check_sn_builders(cfg: CfgNode) -> None:
                 )
     problems = list(dict.fromkeys(problems))  # RESNETS.NORM may be read by two builders
     if problems:
-        raise ValueError("\n".join(problems))
+        raise InputError("\n".join(problems))

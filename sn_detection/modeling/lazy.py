@@ -1,33 +1,15 @@
 """LazyConfig constructors whose norm is a plain name, and a check of a LazyConfig model's norms.
 
-detectron2's LazyConfig models (``model_zoo.get_config("common/models/mask_rcnn_fpn.py")``) pass
-``norm="FrozenBN"`` strings to its constructors, which resolve them with detectron2's closed
-``get_norm``: "SN" there is a ``KeyError``. A norm callable would build SN layers, but is not a
-value ``LazyConfig.save`` can write, and two things would still differ from the YAML route:
-``ResNet(freeze_at=...)`` leaves the SN layers of frozen stages trainable (detectron2's freeze
-converts only BatchNorm), and detectron2's ``get_default_optimizer_params`` decays SN parameters.
-
-So the LazyConfig route uses the same pieces as the YAML builders (:mod:`.backbone`,
-:mod:`.roi_heads`, :mod:`.retinanet`, :mod:`.regnet`), through constructors that take
-
-- ``norm``: a name of :func:`sn_detection.layers.valid_norm_names` ("SN", "SyncSN", "GN", ...;
-  "" for none), a plain value that saves to YAML and can be overridden (``model.backbone.norm=GN``);
-- ``sn_options``: the options of SN/SyncSN layers (``eps``, ``momentum``,
-  ``using_moving_average``, ``using_bn``; MODEL.SN of the YAML configs). The shipped configs keep
-  them once, in the top-level ``sn`` node, and pass ``"${sn}"`` to every constructor.
-
-Each stands for one detectron2 target (``LAZY_SN_TARGETS``): functions that return detectron2's
-own modules (``sn_basic_stem``, ``sn_resnet_stages``, ``sn_resnet``, ``sn_fpn``,
-``sn_resnet_stage``, ``sn_retinanet_head``, ``sn_fcos_head``, ``sn_regnet``), and the YAML
-route's head classes, which also take a name (:class:`NamedNorm`: ``SNFastRCNNConvFCHead``,
-``SNMaskRCNNConvUpsampleHead``, ``SNSemSegFPNHead``), so both routes build the same module types.
-The optimizer: ``sn_detection.solver.get_sn_optimizer_params`` as ``optimizer.params``
-(configs/LazyConfig/common/optim.py). :func:`check_lazy_norms` names, before anything is built,
-each detectron2 target given an SN name and the constructor to use instead.
+Each constructor stands for one detectron2 target that reads a norm (``LAZY_SN_TARGETS``) and
+takes ``norm``, a name of :func:`sn_detection.layers.valid_norm_names` ("" for none; a value that
+saves to YAML and can be overridden), and ``sn_options``, the options of SN layers (MODEL.SN of
+the YAML configs; the shipped configs pass ``"${sn}"``). The heads are the YAML route's classes
+(:class:`~.norms.NamedNorm`). :func:`check_lazy_norms` names, before anything is built, each
+detectron2 target given an SN name and the constructor to use instead.
 """
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
-from detectron2.config import configurable
+from typing import Any, Callable, Dict, List
+
 from detectron2.modeling.backbone import FPN, BasicStem, RegNet, ResNet
 from detectron2.modeling.backbone.resnet import CNNBlockBase
 from detectron2.modeling.meta_arch.fcos import FCOSHead
@@ -38,10 +20,10 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig
 from torch import nn
 
-from ..layers import valid_norm_names
-from ..layers.norm import NORMS, NormSpec
+from ..layers.norm import NORMS, NormSpec, UnknownNormError, check_norm_name, norm_factory
+from ..utils.cli import InputError
 from .backbone import finish_resnet, zero_init_last_switchnorm_of
-from .checks import resolve_norm, unknown_norm_message
+from .norms import SNOptions
 from .regnet import finish_regnet
 from .retinanet import retinanet_head_norm
 
@@ -54,27 +36,15 @@ __all__ = [
     "sn_retinanet_head",
     "sn_fcos_head",
     "sn_regnet",
-    "NamedNorm",
     "check_lazy_norms",
 ]
 
-SNOptions = Optional[Mapping[str, Any]]
 
-
-def lazy_norm(
-    norm: NormSpec, sn_options: SNOptions, where: str
-) -> Union[str, Callable[[int], nn.Module]]:
-    """``norm`` (a name, "" or a callable) as detectron2's blocks take it; an unknown name raises
-    a ValueError naming ``where`` and listing the valid names."""
-    return resolve_norm(norm, where, **dict(sn_options or {}))
-
-
-def sn_basic_stem(
-    norm: NormSpec = "SN", sn_options: SNOptions = None, **kwargs: Any
-) -> BasicStem:
+def sn_basic_stem(norm: NormSpec = "SN", sn_options: SNOptions = None, **kwargs: Any) -> BasicStem:
     """detectron2's :class:`BasicStem` (``in_channels``, ``out_channels``) with ``norm`` from our
     registry."""
-    return BasicStem(norm=lazy_norm(norm, sn_options, "sn_basic_stem's norm"), **kwargs)
+    norm = norm_factory(norm, key="sn_basic_stem's norm", **(sn_options or {}))
+    return BasicStem(norm=norm, **kwargs)
 
 
 def sn_resnet_stages(
@@ -82,7 +52,7 @@ def sn_resnet_stages(
 ) -> List[List[CNNBlockBase]]:
     """``ResNet.make_default_stages(depth, **kwargs)`` with ``norm`` from our registry (e.g.
     ``stride_in_1x1=False`` for the ImageNet SN checkpoints)."""
-    norm = lazy_norm(norm, sn_options, "sn_resnet_stages' norm")
+    norm = norm_factory(norm, key="sn_resnet_stages' norm", **(sn_options or {}))
     return ResNet.make_default_stages(depth, norm=norm, **kwargs)
 
 
@@ -104,7 +74,7 @@ def sn_resnet(
 def sn_fpn(norm: NormSpec = "SN", sn_options: SNOptions = None, **kwargs: Any) -> FPN:
     """detectron2's :class:`FPN` (``bottom_up``, ``in_features``, ``out_channels``,
     ``top_block``, ...) with ``norm`` from our registry."""
-    return FPN(norm=lazy_norm(norm, sn_options, "sn_fpn's norm"), **kwargs)
+    return FPN(norm=norm_factory(norm, key="sn_fpn's norm", **(sn_options or {})), **kwargs)
 
 
 def sn_resnet_stage(
@@ -113,7 +83,7 @@ def sn_resnet_stage(
     """``ResNet.make_stage(**kwargs)`` with ``norm`` from our registry: the res5 head of C4
     models (``Res5ROIHeads(res5=...)``, whose SN layers train). ``last_gamma`` as in
     :func:`sn_resnet`."""
-    norm = lazy_norm(norm, sn_options, "sn_resnet_stage's norm")
+    norm = norm_factory(norm, key="sn_resnet_stage's norm", **(sn_options or {}))
     blocks = ResNet.make_stage(norm=norm, **kwargs)
     if last_gamma:
         zero_init_last_switchnorm_of(blocks)
@@ -123,7 +93,7 @@ def sn_resnet_stage(
 def _dense_head(cls: type, norm: NormSpec, sn_options: SNOptions, **kwargs: Any) -> nn.Module:
     levels = len(kwargs["input_shape"])
     where = f"{cls.__name__}'s norm"
-    return cls(norm=retinanet_head_norm(norm, levels, where, **dict(sn_options or {})), **kwargs)
+    return cls(norm=retinanet_head_norm(norm, levels, where, **(sn_options or {})), **kwargs)
 
 
 def sn_retinanet_head(
@@ -150,25 +120,9 @@ def sn_regnet(
 ) -> RegNet:
     """detectron2's :class:`RegNet` with ``norm`` from our registry, finished as the YAML builder
     finishes it (``last_gamma``; SN layers of frozen stages become FrozenSwitchNorm2d)."""
-    norm = lazy_norm(norm, sn_options, "sn_regnet's norm")
+    norm = norm_factory(norm, key="sn_regnet's norm", **(sn_options or {}))
     regnet = RegNet(norm=norm, freeze_at=freeze_at, **kwargs)
     return finish_regnet(regnet, freeze_at, last_gamma)
-
-
-class NamedNorm:
-    """Mixin of our subclasses of detectron2's heads: the norm argument (``_norm_arg``) may be a
-    norm name, built with ``sn_options``, as well as a callable (what the YAML route passes)."""
-
-    _norm_arg = "conv_norm"
-
-    @configurable
-    def __init__(self, input_shape: Any, *, sn_options: SNOptions = None, **kwargs: Any):
-        arg = self._norm_arg
-        where = f"{type(self).__name__}'s {arg}"
-        kwargs[arg] = lazy_norm(kwargs.get(arg, ""), sn_options, where)
-        # by keyword: a LazyConfig input_shape may be a DictConfig (SemSegFPNHead's), which
-        # detectron2's @configurable would take for a config if it came first
-        super().__init__(input_shape=input_shape, **kwargs)
 
 
 # detectron2's LazyConfig targets that read a norm -> our constructor to use for SN/SyncSN
@@ -193,7 +147,7 @@ def _target(node: Any) -> Any:
     if isinstance(target, str):
         try:
             return locate(target)
-        except Exception:  # noqa: BLE001 - instantiate() reports it when it gets there
+        except Exception:  # not found, whatever the reason: instantiate() reports it
             return None
     return target
 
@@ -225,9 +179,12 @@ def _problems(node: Any, path: str) -> List[str]:
     target = _target(node)
     for key, value in node.items():
         if key in ("norm", "conv_norm") and isinstance(value, str) and value:
-            if value not in valid_norm_names():
-                problems.append(unknown_norm_message(f"{path}.{key}", value))
-            elif value in NORMS and target in LAZY_SN_TARGETS:
+            try:
+                check_norm_name(value, f"{path}.{key}")
+            except UnknownNormError as e:
+                problems.append(str(e))
+                continue
+            if value in NORMS and target in LAZY_SN_TARGETS:
                 ours = LAZY_SN_TARGETS[target]
                 problems.append(
                     f"{path}.{key} is {value!r}, but {path}._target_ is {_name(target)}, "
@@ -245,7 +202,7 @@ def _problems(node: Any, path: str) -> List[str]:
 
 
 def check_lazy_norms(cfg: Any, path: str = "model") -> None:
-    """Raise one ValueError listing every problem with the norms of the LazyConfig node ``cfg``
+    """Raise one InputError listing every problem with the norms of the LazyConfig node ``cfg``
     (e.g. ``cfg.model``, whose key is ``path``), before anything is built:
 
     - an unknown norm name, with the valid names;
@@ -256,4 +213,4 @@ def check_lazy_norms(cfg: Any, path: str = "model") -> None:
     """
     problems = list(dict.fromkeys(_problems(cfg, path)))
     if problems:
-        raise ValueError("\n".join(problems))
+        raise InputError("\n".join(problems))

@@ -1,30 +1,9 @@
 """Pre-activation ResNet (ResNet v2) backbones in the layout of the official ResNetV2 + SN models.
 
-Architecture (the official ImageNet ResNet50v2/101v2 + SN, module names ours):
-
-- stem: ``conv1`` 7x7/2 -> norm -> ReLU -> 3x3/2 max-pool (detectron2's ``BasicStem``);
-- block: ``norm1`` -> ReLU (= *preact*) -> ``conv1`` 1x1 -> ``norm2`` -> ReLU -> ``conv2`` 3x3
-  (the stride is here) -> ``norm3`` -> ReLU -> ``conv3`` 1x1; the shortcut is ``shortcut`` (a 1x1
-  conv without norm) applied to *preact* in the first block of a stage, else the raw block input;
-  the output is the sum, with no activation after it;
-- after the last stage: ``norm_out`` -> ReLU (the official ``sn_out``).
-
-Features handed to FPN (and any other consumer): in v2 a stage's raw output is an un-normalised
-sum whose scale grows with depth, and the official network never uses it without first passing
-it through a norm and a ReLU. So each returned feature is exactly the activation the official
-network computes from that stage's output:
-
-- ``resK`` (K < last built stage) = the pre-activation of the first block of the next stage,
-  ReLU(res{K+1}.0.norm1(x)), which that block computes anyway (no extra work, no new parameters);
-- the last built stage (``res5`` in the FPN configs) = ReLU(norm_out(x)), the official ``sn_out``;
-- if OUT_FEATURES stops before res5, the next stage is not built except for the norm of its first
-  block (``res{K+1}.0.norm1``), so the feature is still the official pre-activation and every
-  norm comes from the ImageNet checkpoint;
-- ``stem`` is the stem output (already ReLU'd and pooled, as in v1).
-
-Each of these norms belongs to the stage that owns it: FREEZE_AT=2 freezes stem and res2, while
-``res3.0.norm1`` (which normalises res2's output) stays trainable; ``norm_out`` is frozen with
-the last built stage.
+Each returned feature is the activation the official network computes from that stage's output:
+``resK`` is the pre-activation ReLU(res{K+1}.0.norm1(x)) of the next stage's first block, the
+last built stage's is ReLU(norm_out(x)); each norm is frozen with the stage that owns it.
+docs/DESIGN.md gives the block layout and why.
 """
 
 from typing import Dict, List, Optional
@@ -35,14 +14,14 @@ from detectron2.config import CfgNode
 from detectron2.layers import CNNBlockBase, Conv2d, FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, ResNet
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import BasicStem
 from torch import Tensor, nn
 
-from ..config import sn_options
 from ..layers import FrozenSwitchNorm2d, get_norm
-from .backbone import freeze_switchnorm, zero_init_last_switchnorm
-from .checks import resolve_norm
+from ..layers.norm import NormArg
+from ..utils.cli import InputError
+from .backbone import build_fpn_on, freeze_switchnorm, zero_init_last_switchnorm
+from .norms import config_norm
 
 __all__ = [
     "PreActBottleneckBlock",
@@ -52,13 +31,6 @@ __all__ = [
 ]
 
 BLOCKS_PER_STAGE = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
-
-
-def _norm(norm, channels: int) -> nn.Module:
-    layer = get_norm(norm, channels)
-    if layer is None:
-        raise ValueError('ResNet v2 needs a norm: set MODEL.RESNETS.NORM (e.g. "SN")')
-    return layer
 
 
 class PreActBottleneckBlock(CNNBlockBase):
@@ -76,12 +48,14 @@ class PreActBottleneckBlock(CNNBlockBase):
         *,
         bottleneck_channels: int,
         stride: int = 1,
-        norm="SN",
+        norm: NormArg = "SN",
     ):
         super().__init__(in_channels, out_channels, stride)
-        self.norm1 = _norm(norm, in_channels)
+        if not norm:
+            raise ValueError("PreActBottleneckBlock needs a norm")
+        self.norm1 = get_norm(norm, in_channels)
         self.conv1 = Conv2d(in_channels, bottleneck_channels, kernel_size=1, bias=False)
-        self.norm2 = _norm(norm, bottleneck_channels)
+        self.norm2 = get_norm(norm, bottleneck_channels)
         self.conv2 = Conv2d(
             bottleneck_channels,
             bottleneck_channels,
@@ -90,7 +64,7 @@ class PreActBottleneckBlock(CNNBlockBase):
             padding=1,
             bias=False,
         )
-        self.norm3 = _norm(norm, bottleneck_channels)
+        self.norm3 = get_norm(norm, bottleneck_channels)
         self.conv3 = Conv2d(bottleneck_channels, out_channels, kernel_size=1, bias=False)
         if in_channels != out_channels or stride != 1:
             self.shortcut = Conv2d(
@@ -138,7 +112,7 @@ class ResNetV2(ResNet):
         stem: nn.Module,
         stages: List[List[PreActBottleneckBlock]],
         *,
-        norm,
+        norm: NormArg,
         out_features: List[str],
         freeze_at: int = 0,
     ):
@@ -149,17 +123,19 @@ class ResNetV2(ResNet):
             norm: the norm (name or callable) of the output normalisation.
         """
         super().__init__(stem, stages, num_classes=None, out_features=out_features, freeze_at=0)
+        if not norm:
+            raise ValueError("ResNetV2 needs a norm for its output normalisation")
         if not self.stages:
-            raise ValueError("ResNet v2 needs a res* stage in MODEL.RESNETS.OUT_FEATURES")
+            raise InputError("ResNet v2 needs a res* stage in MODEL.RESNETS.OUT_FEATURES")
         channels = self._out_feature_channels[self.stage_names[-1]]
         last = int(self.stage_names[-1][3:])
         if last == 5:
-            self.norm_out = _norm(norm, channels)
+            self.norm_out = get_norm(norm, channels)
             self._tail_name = "norm_out"
         else:
             self._tail_name = f"res{last + 1}"
             self.add_module(
-                self._tail_name, nn.Sequential(_NextPreActivation(_norm(norm, channels)))
+                self._tail_name, nn.Sequential(_NextPreActivation(get_norm(norm, channels)))
             )
         self.freeze(freeze_at)
 
@@ -192,7 +168,7 @@ class ResNetV2(ResNet):
         :meth:`ResNet.freeze`; their SN layers become FrozenSwitchNorm2d, BN FrozenBatchNorm2d.
         The output normalisation is frozen with the last built stage."""
         super().freeze(freeze_at)
-        freeze_switchnorm(self, freeze_at)
+        freeze_switchnorm(self.stem, self.stages, freeze_at)
         if hasattr(self, "_tail_name") and freeze_at >= len(self.stages) + 1:
             tail = getattr(self, self._tail_name)
             for p in tail.parameters():
@@ -207,8 +183,7 @@ def build_sn_resnet_v2_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNetV
     """Pre-activation ResNet-50/101/152 (the official ResNet v2 + SN layout) with
     ``MODEL.RESNETS.NORM`` from our norm registry ("SN", "SyncSN" or any detectron2 norm)."""
     # fmt: off
-    norm                = resolve_norm(cfg.MODEL.RESNETS.NORM, "MODEL.RESNETS.NORM",
-                                       **sn_options(cfg))
+    norm                = config_norm(cfg, "RESNETS")
     freeze_at           = cfg.MODEL.BACKBONE.FREEZE_AT
     out_features        = cfg.MODEL.RESNETS.OUT_FEATURES
     depth               = cfg.MODEL.RESNETS.DEPTH
@@ -217,22 +192,24 @@ def build_sn_resnet_v2_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNetV
     in_channels         = cfg.MODEL.RESNETS.STEM_OUT_CHANNELS
     out_channels        = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS
     # fmt: on
+    if not norm:
+        raise InputError('ResNet v2 needs a norm: set MODEL.RESNETS.NORM (e.g. "SN")')
     if depth not in BLOCKS_PER_STAGE:
-        raise ValueError(
+        raise InputError(
             f"MODEL.RESNETS.DEPTH {depth} is not available for ResNet v2; use one of "
             f"{sorted(BLOCKS_PER_STAGE)}"
         )
     if num_groups != 1:
-        raise ValueError("ResNet v2 has no grouped convs: set MODEL.RESNETS.NUM_GROUPS to 1")
+        raise InputError("ResNet v2 has no grouped convs: set MODEL.RESNETS.NUM_GROUPS to 1")
     if cfg.MODEL.RESNETS.STRIDE_IN_1X1:
-        raise ValueError(
+        raise InputError(
             "ResNet v2 strides in the 3x3 conv (as the official models): set "
             "MODEL.RESNETS.STRIDE_IN_1X1 to False"
         )
     if cfg.MODEL.RESNETS.RES5_DILATION != 1:
-        raise ValueError("ResNet v2 supports no dilation: set MODEL.RESNETS.RES5_DILATION to 1")
+        raise InputError("ResNet v2 supports no dilation: set MODEL.RESNETS.RES5_DILATION to 1")
     if any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE):
-        raise ValueError(
+        raise InputError(
             "ResNet v2 has no deformable convs: set MODEL.RESNETS.DEFORM_ON_PER_STAGE all False"
         )
 
@@ -264,11 +241,4 @@ def build_sn_resnet_v2_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNetV
 def build_sn_resnet_v2_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
     """FPN (``MODEL.FPN.NORM`` from our norm registry) on :func:`build_sn_resnet_v2_backbone`;
     it receives the normalised, activated stage features described in this module."""
-    return FPN(
-        bottom_up=build_sn_resnet_v2_backbone(cfg, input_shape),
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=resolve_norm(cfg.MODEL.FPN.NORM, "MODEL.FPN.NORM", **sn_options(cfg)),
-        top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    return build_fpn_on(build_sn_resnet_v2_backbone(cfg, input_shape), cfg)

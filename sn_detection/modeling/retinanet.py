@@ -3,8 +3,9 @@
 detectron2 builds ``RetinaNetHead`` inside ``RetinaNet.from_config`` (no head registry), so the
 seam is the meta-architecture: :class:`SNRetinaNet` builds detectron2's head with our norm.
 """
+
 import functools
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -12,9 +13,8 @@ from detectron2.modeling.meta_arch import RetinaNet
 from torch import Tensor, nn
 
 from ..config import sn_options
-from ..layers.norm import NORMS, NormSpec
-from .backbone import with_norm_callables
-from .checks import resolve_norm
+from ..layers.norm import NORMS, NormArg, NormSpec, norm_factory
+from ..layers.switch_norm import AFFINE_NAMES, LOGIT_NAMES
 
 __all__ = ["CycleSwitchNormList", "SNRetinaNet", "retinanet_head_norm"]
 
@@ -26,14 +26,14 @@ class CycleSwitchNormList(nn.ModuleList):
     RetinaNet's head applies the same conv tower to every FPN level. One SN layer there would mix
     the levels' batch statistics into one set of running statistics, so evaluation would
     normalise every level with an average of all of them. Here ``length`` SN layers, one per
-    level, share their ``weight``, ``bias`` and importance logits (the layer is one layer, as
+    level, share their ``weight``, ``bias`` and logits (the layer is one layer, as
     the convs are) and keep separate running statistics; each forward uses the next one.
 
     NOTE: the caller must call this module a multiple of ``length`` times per forward, in level
     order (RetinaNetHead does).
     """
 
-    SHARED = ("weight", "bias", "mean_weight", "var_weight")
+    SHARED = AFFINE_NAMES + LOGIT_NAMES
 
     def __init__(self, length: int, norm: Callable[[int], nn.Module], num_features: int):
         layers = [norm(num_features) for _ in range(length)]
@@ -49,14 +49,12 @@ class CycleSwitchNormList(nn.ModuleList):
         return out
 
 
-def retinanet_head_norm(
-    norm: NormSpec, levels: int, where: str, **sn_options: Any
-) -> Union[str, Callable[[int], nn.Module]]:
+def retinanet_head_norm(norm: NormSpec, levels: int, key: str, **sn_options: Any) -> NormArg:
     """What detectron2's ``RetinaNetHead`` takes as ``norm`` for ``levels`` FPN levels: for
     "SN"/"SyncSN", per-level statistics (:class:`CycleSwitchNormList`); any other norm unchanged
-    (the head itself keeps per-level statistics for "BN" and "SyncBN"). An unknown name raises a
-    ValueError naming ``where``."""
-    resolved = resolve_norm(norm, where, **sn_options)
+    (the head itself keeps per-level statistics for "BN" and "SyncBN"). An unknown name raises an
+    error naming ``key``."""
+    resolved = norm_factory(norm, key=key, **sn_options)
     if isinstance(norm, str) and norm in NORMS:
         return functools.partial(CycleSwitchNormList, levels, resolved)
     return norm
@@ -80,6 +78,6 @@ class SNRetinaNet(RetinaNet):
             **sn_options(cfg),
         )
         if norm is not cfg.MODEL.RETINANET.NORM:
-            cfg = with_norm_callables(cfg, ())
+            cfg = cfg.clone()
             dict.__setitem__(cfg.MODEL.RETINANET, "NORM", norm)
         return super().from_config(cfg)

@@ -1,5 +1,6 @@
 """RoI heads whose norms may be SN, SyncSN or any detectron2 norm: the conv+fc box head (also in
 Cascade R-CNN's stages), the mask head, and the res5 head of C4 models."""
+
 from detectron2.modeling.roi_heads import (
     ROI_BOX_HEAD_REGISTRY,
     ROI_HEADS_REGISTRY,
@@ -9,10 +10,10 @@ from detectron2.modeling.roi_heads import (
     Res5ROIHeads,
 )
 
-from ..config import sn_options
-from .backbone import with_norm_callables, zero_init_last_switchnorm_of
-from .checks import resolve_norm
-from .lazy import NamedNorm
+from .backbone import zero_init_last_switchnorm_of
+from .norms import NamedNorm, with_norm_callables
+
+__all__ = ["SNFastRCNNConvFCHead", "SNMaskRCNNConvUpsampleHead", "SNRes5ROIHeads"]
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
@@ -24,13 +25,7 @@ class SNFastRCNNConvFCHead(NamedNorm, FastRCNNConvFCHead):
     In a LazyConfig, ``conv_norm`` is a name ("SN", "GN", ...) and ``sn_options`` the options of
     SN layers (:mod:`sn_detection.modeling.lazy`)."""
 
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["conv_norm"] = resolve_norm(
-            cfg.MODEL.ROI_BOX_HEAD.NORM, "MODEL.ROI_BOX_HEAD.NORM", **sn_options(cfg)
-        )
-        return ret
+    _norm_node = "ROI_BOX_HEAD"
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -38,13 +33,7 @@ class SNMaskRCNNConvUpsampleHead(NamedNorm, MaskRCNNConvUpsampleHead):
     """detectron2's mask head with ``MODEL.ROI_MASK_HEAD.NORM`` resolved by our norm registry; in
     a LazyConfig, ``conv_norm`` is a name and ``sn_options`` the options of SN layers."""
 
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["conv_norm"] = resolve_norm(
-            cfg.MODEL.ROI_MASK_HEAD.NORM, "MODEL.ROI_MASK_HEAD.NORM", **sn_options(cfg)
-        )
-        return ret
+    _norm_node = "ROI_MASK_HEAD"
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -58,10 +47,7 @@ class SNRes5ROIHeads(Res5ROIHeads):
 
     @classmethod
     def _build_res5_block(cls, cfg):
-        res5, out_channels = super()._build_res5_block(with_norm_callables(cfg, ("RESNETS",)))
+        res5, out_channels = super()._build_res5_block(with_norm_callables(cfg, ["RESNETS"]))
         if cfg.MODEL.SN.LAST_GAMMA:
             zero_init_last_switchnorm_of(res5)
         return res5, out_channels
-
-
-__all__ = ["SNFastRCNNConvFCHead", "SNMaskRCNNConvUpsampleHead", "SNRes5ROIHeads"]

@@ -1,11 +1,10 @@
 """The semantic FPN head (Panoptic FPN, semantic FPN) with ``MODEL.SEM_SEG_HEAD.NORM`` from our
 norm registry."""
+
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 
-from ..config import sn_options
-from .checks import resolve_norm
-from .lazy import NamedNorm
+from .norms import NamedNorm
 
 __all__ = ["SNSemSegFPNHead"]
 
@@ -18,11 +17,4 @@ class SNSemSegFPNHead(NamedNorm, SemSegFPNHead):
     In a LazyConfig, ``norm`` is a name and ``sn_options`` the options of SN layers."""
 
     _norm_arg = "norm"
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["norm"] = resolve_norm(
-            cfg.MODEL.SEM_SEG_HEAD.NORM, "MODEL.SEM_SEG_HEAD.NORM", **sn_options(cfg)
-        )
-        return ret
+    _norm_node = "SEM_SEG_HEAD"

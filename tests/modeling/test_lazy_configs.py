@@ -1,6 +1,7 @@
 """The LazyConfig route builds exactly what the YAML route builds (module types, frozen layers, SN
 settings, every plain setting of every module, optimizer groups); saved to YAML and loaded back it
 builds the same model; wrong norms are named before anything is built."""
+
 import pytest
 import torch
 from detectron2 import model_zoo
@@ -12,6 +13,7 @@ from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d, SyncSwitchNorm
 from sn_detection.modeling import CycleSwitchNormList, check_lazy_norms
 from sn_detection.solver import build_sn_optimizer
 from sn_detection.testing import CONFIGS, load_config
+from sn_detection.utils.cli import InputError
 
 LAZY = CONFIGS / "LazyConfig"
 SMOKE = LAZY / "quick_schedules/mask_rcnn_sn_smoke.py"
@@ -51,7 +53,9 @@ def _description(model):
             {
                 k: _plain(v)
                 for k, v in vars(m).items()
-                if not k.startswith("_") and k != "training" and k not in SPELLED_DIFFERENTLY
+                if not k.startswith("_")
+                and k != "training"
+                and k not in SPELLED_DIFFERENTLY
                 and not isinstance(v, (torch.nn.Module, torch.Tensor))
             },
         )
@@ -118,10 +122,11 @@ def test_an_unknown_norm_name_lists_the_valid_names():
     cfg = LazyConfig.load(str(SMOKE))
     cfg.model.backbone.norm = "SwitchNorm"
     message = r"model\.backbone\.norm is 'SwitchNorm', which is not a norm\. Valid names: SN, "
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         check_lazy_norms(cfg.model)
-    # also when built without the check
-    with pytest.raises(ValueError, match=r"'SwitchNorm', which is not a norm\. Valid names: SN"):
+    # also when built without the check, naming the constructor's argument
+    message = r"sn_fpn's norm is 'SwitchNorm', which is not a norm\. Valid names: SN"
+    with pytest.raises(InputError, match=message):
         instantiate(cfg.model)
 
 
@@ -131,7 +136,7 @@ def test_detectron2_constructors_given_sn_name_ours():
     model.backbone.bottom_up.stages.norm = "SyncSN"
     model.backbone.bottom_up.freeze_at = 2
     model.roi_heads.box_head.conv_norm = "SN"
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(InputError) as error:
         check_lazy_norms(model)
     message = str(error.value)
     for expected in (

@@ -3,14 +3,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from sn_detection.testing import CONFIGS
-from sn_detection import add_sn_config
 from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d, SyncSwitchNorm2d
+from sn_detection.layers.switch_norm import TENSOR_NAMES
 from sn_detection.modeling.resnet_v2 import PreActBottleneckBlock, ResNetV2
+from sn_detection.testing import CONFIGS, load_config
+from sn_detection.utils.cli import InputError
 
 SN_2X_V2 = CONFIGS / "COCO-InstanceSegmentation/mask_rcnn_R_50v2_FPN_2x_sn.yaml"
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -18,14 +18,9 @@ X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 def v2_cfg(*opts):
     """The R50v2 config with narrow widths (stem 16, res2 64 out, bottleneck 16)."""
-    cfg = get_cfg()
-    add_sn_config(cfg)
-    cfg.merge_from_file(str(SN_2X_V2))
-    cfg.merge_from_list(
-        ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
-        + ["MODEL.RESNETS.WIDTH_PER_GROUP", "16", "MODEL.BACKBONE.FREEZE_AT", "0", *opts]
-    )
-    return cfg
+    narrow = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
+    narrow += ["MODEL.RESNETS.WIDTH_PER_GROUP", "16", "MODEL.BACKBONE.FREEZE_AT", "0"]
+    return load_config(SN_2X_V2, *narrow, *opts)
 
 
 def build(cfg, name="build_sn_resnet_v2_backbone"):
@@ -50,8 +45,11 @@ def test_shapes_strides_and_official_block_layout():
     assert isinstance(resnet, ResNetV2)
     shapes = resnet.output_shape()
     assert {k: (s.channels, s.stride) for k, s in shapes.items()} == {
-        "res2": (64, 4), "res3": (128, 8), "res4": (256, 16), "res5": (512, 32)
-    }  # fmt: skip
+        "res2": (64, 4),
+        "res3": (128, 8),
+        "res4": (256, 16),
+        "res5": (512, 32),
+    }
     assert [len(s) for s in resnet.stages] == [3, 4, 6, 3]
     block = resnet.res3[0]
     assert isinstance(block, PreActBottleneckBlock)
@@ -60,8 +58,11 @@ def test_shapes_strides_and_official_block_layout():
     assert all(c.norm is None for c in (block.conv1, block.conv2, block.conv3))
     out = resnet.eval()(X)
     assert {k: tuple(v.shape[1:]) for k, v in out.items()} == {
-        "res2": (64, 16, 16), "res3": (128, 8, 8), "res4": (256, 4, 4), "res5": (512, 2, 2)
-    }  # fmt: skip
+        "res2": (64, 16, 16),
+        "res3": (128, 8, 8),
+        "res4": (256, 4, 4),
+        "res5": (512, 2, 2),
+    }
 
 
 def test_features_are_the_next_preactivation_and_sn_out():
@@ -83,11 +84,7 @@ def test_truncated_out_features_keep_the_next_preactivation_norm():
     resnet = build(v2_cfg("MODEL.RESNETS.OUT_FEATURES", '["res2", "res3"]')).eval()
     assert resnet.stage_names == ("res2", "res3") and not hasattr(resnet, "norm_out")
     assert {k for k in resnet.state_dict() if k.startswith("res4")} == {
-        f"res4.0.norm1.{p}"
-        for p in (
-            "weight", "bias", "mean_weight", "var_weight", "running_mean", "running_var",
-            "num_batches",
-        )
+        f"res4.0.norm1.{p}" for p in (*TENSOR_NAMES, "num_batches")
     }
     with torch.no_grad():
         out, raw = resnet(X), raw_stage_outputs(resnet, X)
@@ -161,5 +158,5 @@ def test_fpn_backbone_gets_v2_features():
     ],
 )
 def test_unsupported_settings_name_the_key(opts, message):
-    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+    with pytest.raises(InputError, match=message.replace(".", r"\.")):
         build(v2_cfg(*opts))

@@ -1,5 +1,6 @@
 """SN and SyncSN in every norm key detectron2 models read; stock builders and unknown names
 give errors that name the key and the fix."""
+
 import inspect
 import re
 
@@ -23,6 +24,7 @@ from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d, SyncSwitchNorm
 from sn_detection.modeling import SN_BUILDERS, CycleSwitchNormList, check_sn_builders
 from sn_detection.solver import build_sn_optimizer
 from sn_detection.testing import CONFIGS, load_config
+from sn_detection.utils.cli import InputError
 
 REGISTRIES = (
     BACKBONE_REGISTRY,
@@ -148,6 +150,13 @@ def test_frozen_stages_have_frozen_switchnorm(path, frozen):
     assert _norm_types(getattr(bottom_up, trainable)) == {SwitchNorm2d}
 
 
+def test_regnet_last_gamma_zeroes_the_last_norm_of_each_block():
+    regnet = build_model(load_config(REGNET, "MODEL.SN.LAST_GAMMA", "True")).backbone.bottom_up
+    block = regnet.s2.b1  # ResBottleneckBlock: its last norm is c_bn
+    assert torch.equal(block.f.c_bn.weight, torch.zeros_like(block.f.c_bn.weight))
+    assert torch.equal(block.f.a_bn.weight, torch.ones_like(block.f.a_bn.weight))
+
+
 STOCK = [
     ("MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone", "build_sn_resnet_fpn_backbone", CASCADE),
     ("MODEL.BACKBONE.NAME", "build_resnet_backbone", "build_sn_resnet_backbone", C4),
@@ -169,19 +178,16 @@ STOCK = [
 def test_a_stock_builder_with_sn_names_the_sn_builder_to_use(key, stock, ours, path):
     cfg = load_config(path, key, stock)
     expected = rf"{key} '{stock}' is detectron2's.*set {key} to '{ours}'"
-    with pytest.raises(ValueError, match=expected):
+    with pytest.raises(InputError, match=expected):
         check_sn_builders(cfg)
 
 
 def test_an_sn_builder_checks_only_its_own_norm_keys():
     # get_cfg()'s defaults: a C4 model whose RoI heads are detectron2's Res5ROIHeads. The backbone
     # builds alone (as the checkpoint converter builds it); the whole model does not.
-    cfg = load_config(
-        CONFIGS / "Base-SN-RCNN-C4.yaml",
-        "MODEL.ROI_HEADS.NAME", "Res5ROIHeads",
-        "MODEL.RESNETS.DEPTH", "18",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-    )
+    opts = "MODEL.ROI_HEADS.NAME Res5ROIHeads MODEL.RESNETS.DEPTH 18"
+    opts += " MODEL.RESNETS.RES2_OUT_CHANNELS 64"
+    cfg = load_config(CONFIGS / "Base-SN-RCNN-C4.yaml", *opts.split())
     backbone = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg, ShapeSpec(channels=3))
     assert _norm_types(backbone) == {SwitchNorm2d, FrozenSwitchNorm2d}
     with pytest.raises(ValueError, match="set MODEL.ROI_HEADS.NAME to 'SNRes5ROIHeads'"):
@@ -214,7 +220,7 @@ def test_an_unknown_norm_name_lists_the_valid_names(path, node):
     message = (
         rf"MODEL\.{node}\.NORM is 'SwitchNorm', which is not a norm\. Valid names: SN, SyncSN, BN"
     )
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         check_sn_builders(cfg)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         build_model(cfg)

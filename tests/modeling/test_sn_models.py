@@ -1,13 +1,16 @@
 """Norms in YAML reach backbone, FPN, box head and mask head; freezing and LAST_GAMMA."""
+
 import pytest
 import torch
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
 from torch import nn
 
-from sn_detection.testing import CONFIGS
-from sn_detection.testing import load_config
 from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d, SyncSwitchNorm2d
+from sn_detection.testing import CONFIGS, load_config
+from sn_detection.utils.cli import InputError
 
 SN_2X = CONFIGS / "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_sn.yaml"
 DEMO = CONFIGS / "quick_schedules/mask_rcnn_sn_demo.yaml"
@@ -47,11 +50,8 @@ def test_sn_everywhere_with_frozen_stem_and_res2():
     "norm, expected", [("GN", nn.GroupNorm), ("SyncSN", SyncSwitchNorm2d), ("BN", nn.BatchNorm2d)]
 )
 def test_yaml_norm_reaches_every_part(norm, expected):
-    cfg = load_config(
-        DEMO,
-        "MODEL.RESNETS.NORM", norm, "MODEL.FPN.NORM", norm,
-        "MODEL.ROI_BOX_HEAD.NORM", norm, "MODEL.ROI_MASK_HEAD.NORM", norm,
-    )
+    nodes = ("RESNETS", "FPN", "ROI_BOX_HEAD", "ROI_MASK_HEAD")
+    cfg = load_config(DEMO, *(x for node in nodes for x in (f"MODEL.{node}.NORM", norm)))
     parts = _parts(build_model(cfg))
     for name, modules in parts.items():
         assert _types_of(modules) == {expected}, name
@@ -80,7 +80,7 @@ def test_last_gamma_zeroes_the_last_norm_of_each_block():
 
 
 def test_unknown_norm_in_yaml_fails_at_build_with_valid_names():
-    with pytest.raises(ValueError, match="Valid names: SN, SyncSN"):
+    with pytest.raises(InputError, match="MODEL.FPN.NORM is 'Switch'.*Valid names: SN, SyncSN"):
         build_model(load_config(DEMO, "MODEL.FPN.NORM", "Switch"))
 
 
@@ -88,16 +88,12 @@ def test_sn_model_trains_one_step_on_cpu():
     cfg = load_config(DEMO)
     model = build_model(cfg).train()
     image = torch.rand(3, 96, 128) * 255
-    from detectron2.structures import BitMasks, Boxes, Instances
-
     inst = Instances((96, 128))
     inst.gt_boxes = Boxes(torch.tensor([[10.0, 10.0, 50.0, 60.0]]))
     inst.gt_classes = torch.tensor([1])
     masks = torch.zeros(1, 96, 128, dtype=torch.bool)
     masks[0, 10:60, 10:50] = True
     inst.gt_masks = BitMasks(masks)
-    from detectron2.utils.events import EventStorage
-
     with EventStorage():
         losses = model([{"image": image, "instances": inst}] * 2)
     sum(losses.values()).backward()
