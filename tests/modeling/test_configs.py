@@ -1,4 +1,5 @@
 """Every shipped config, YAML and Python (LazyConfig), loads and builds a model."""
+
 import pytest
 import torch
 from detectron2.modeling import build_model

@@ -1,10 +1,13 @@
-"""The SN-aware optimizer's parameter groups."""
+"""The SN-aware optimizer's parameter groups, and the renamed weight decay of the logits."""
+
+import pytest
 import torch
 from torch import nn
 
-from sn_detection.testing import CONFIGS, load_config
 from sn_detection.layers import SwitchNorm2d
 from sn_detection.solver import build_sn_optimizer, get_sn_optimizer_params
+from sn_detection.testing import CONFIGS, load_config
+from sn_detection.utils.cli import InputError
 
 
 def _model():
@@ -18,10 +21,10 @@ def _decay_of(groups):
     return {id(p): g.get("weight_decay") for g in groups for p in g["params"]}
 
 
-def test_sn_params_get_norm_and_importance_weight_decay():
+def test_sn_params_get_norm_and_logits_weight_decay():
     model = _model()
     groups = get_sn_optimizer_params(
-        model, base_lr=0.1, weight_decay_norm=0.0, weight_decay_importance=0.5
+        model, base_lr=0.1, weight_decay_norm=0.0, weight_decay_logits=0.5
     )
     decay = _decay_of(groups)
     conv, sn, conv2, gn = model
@@ -35,8 +38,7 @@ def test_sn_params_get_norm_and_importance_weight_decay():
 def test_weight_decay_bias_still_wins_for_sn_bias():
     sn = _model()[1]
     groups = get_sn_optimizer_params(
-        nn.Sequential(sn), 0.1, weight_decay_norm=0.0, weight_decay_importance=0.0,
-        weight_decay_bias=0.3,
+        nn.Sequential(sn), 0.1, weight_decay_norm=0.0, weight_decay_bias=0.3
     )
     assert _decay_of(groups)[id(sn.bias)] == 0.3
 
@@ -44,10 +46,8 @@ def test_weight_decay_bias_still_wins_for_sn_bias():
 def test_build_from_config_skips_frozen_parameters():
     from detectron2.modeling import build_model
 
-    cfg = load_config(
-        CONFIGS / "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_sn.yaml",
-        "SOLVER.WEIGHT_DECAY_NORM", "0.01", "MODEL.SN.WEIGHT_DECAY_IMPORTANCE", "0.02",
-    )
+    opts = "SOLVER.WEIGHT_DECAY_NORM 0.01 MODEL.SN.WEIGHT_DECAY_LOGITS 0.02".split()
+    cfg = load_config(CONFIGS / "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_sn.yaml", *opts)
     model = build_model(cfg)
     optimizer = build_sn_optimizer(cfg, model)
     decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
@@ -58,3 +58,39 @@ def test_build_from_config_skips_frozen_parameters():
     conv = model.backbone.bottom_up.res4[0].conv2
     assert decay[id(conv.weight)] == cfg.SOLVER.WEIGHT_DECAY
     assert isinstance(optimizer, torch.optim.SGD)
+
+
+def _logits_decay(cfg):
+    sn = _model()[1]
+    decay = _decay_of(build_sn_optimizer(cfg, nn.Sequential(sn)).param_groups)
+    return decay[id(sn.mean_weight)]
+
+
+def test_the_old_logits_key_in_a_yaml_file_is_used_with_a_warning(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("MODEL:\n  SN:\n    WEIGHT_DECAY_IMPORTANCE: 0.03\n")
+    cfg = load_config(path)
+    with pytest.warns(FutureWarning, match="set MODEL.SN.WEIGHT_DECAY_LOGITS instead"):
+        assert _logits_decay(cfg) == 0.03
+
+
+def test_the_old_logits_key_on_the_command_line_is_used_with_a_warning():
+    cfg = load_config(CONFIGS / "Base-SN-RCNN-FPN.yaml", "MODEL.SN.WEIGHT_DECAY_IMPORTANCE", "0.04")
+    with pytest.warns(FutureWarning, match="MODEL.SN.WEIGHT_DECAY_IMPORTANCE is deprecated"):
+        assert _logits_decay(cfg) == 0.04
+
+
+def test_old_and_new_logits_keys_with_different_values_are_refused():
+    opts = "MODEL.SN.WEIGHT_DECAY_IMPORTANCE 0.04 MODEL.SN.WEIGHT_DECAY_LOGITS 0.05".split()
+    cfg = load_config(CONFIGS / "Base-SN-RCNN-FPN.yaml", *opts)
+    with pytest.raises(InputError, match="remove MODEL.SN.WEIGHT_DECAY_IMPORTANCE"):
+        _logits_decay(cfg)
+
+
+def test_the_old_logits_argument_is_used_with_a_warning():
+    sn = _model()[1]
+    with pytest.warns(FutureWarning, match="set weight_decay_logits instead"):
+        groups = get_sn_optimizer_params(
+            nn.Sequential(sn), 0.1, weight_decay_norm=0.0, weight_decay_importance=0.6
+        )
+    assert _decay_of(groups)[id(sn.var_weight)] == 0.6

@@ -1,5 +1,6 @@
 """Every new architecture with SN trains a few iterations and evaluates on the CPU; with SyncSN on
 2 gloo processes its running statistics stay equal across the processes."""
+
 import math
 
 import pytest
@@ -20,7 +21,13 @@ TASKS = {
 }
 # every norm key of detectron2's defaults (and MODEL.REGNETS) that a model may read
 NORM_NODES = (
-    "RESNETS", "FPN", "ROI_BOX_HEAD", "ROI_MASK_HEAD", "RETINANET", "SEM_SEG_HEAD", "REGNETS"
+    "RESNETS",
+    "FPN",
+    "ROI_BOX_HEAD",
+    "ROI_MASK_HEAD",
+    "RETINANET",
+    "SEM_SEG_HEAD",
+    "REGNETS",
 )
 
 

@@ -1,6 +1,6 @@
 # detectron2's common/optim.py SGD with SN-aware parameter groups, as tools/train_net.py builds it
-# from SOLVER.* and MODEL.SN.WEIGHT_DECAY_IMPORTANCE: SN weight and bias take weight_decay_norm
-# (as BatchNorm/GroupNorm ones), the importance logits weight_decay_importance.
+# from SOLVER.* and MODEL.SN.WEIGHT_DECAY_LOGITS: SN weight and bias take weight_decay_norm
+# (as BatchNorm/GroupNorm ones), the SN logits (mean_weight, var_weight) weight_decay_logits.
 import torch
 from detectron2.config import LazyCall as L
 
@@ -11,7 +11,7 @@ SGD = L(torch.optim.SGD)(
         # params.model is set to the model by tools/lazyconfig_train_net.py before instantiating
         base_lr="${..lr}",
         weight_decay_norm=0.0,  # no weight decay on SN weight/bias, as in SN's detection code
-        weight_decay_importance=0.0,
+        weight_decay_logits=0.0,
     ),
     lr=0.02,
     momentum=0.9,
