@@ -1,6 +1,6 @@
-"""tools/visualize_sn.py: the figures, tables and JSON of the learned SN shares, from our
-checkpoints and from the released ImageNet layout, a comparison of two, the training curves of a
-metrics.json, and one-line errors that write nothing."""
+"""The visualizer (sn_detection.analysis.report, tools/visualize_sn.py): the figures, tables and
+JSON of the learned SN shares, from our checkpoints and from the released ImageNet layout, a
+comparison of two, the training curves of a metrics.json, and errors that write nothing."""
 
 import csv
 import json
@@ -16,15 +16,24 @@ from detectron2.modeling import build_model
 from PIL import Image
 from torch import nn
 
-from sn_detection.analysis import BRANCHES, sn_modules
-from sn_detection.analysis_plots import COLORS
-from sn_detection.checkpoint import convert_official, read_checkpoint
-from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d
-from sn_detection.testing import CONFIGS, REPO, load_config, load_script
+from sn_detection.analysis import AnalysisError
+from sn_detection.analysis.plots import COLORS
+from sn_detection.analysis.report import share_report, write_files
+from sn_detection.checkpoint import CheckpointError, convert_official, read_checkpoint
+from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d, named_switch_norms
+from sn_detection.layers.switch_norm import BRANCHES
+from sn_detection.testing import (
+    CONFIGS,
+    REPO,
+    OfficialResNet,
+    OfficialSN,
+    load_config,
+    save_official,
+)
 
 TOOL = REPO / "tools/visualize_sn.py"
 SMOKE = CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml"
-FILES = {"sn_importance.png", "sn_importance.csv", "sn_importance.md", "sn_importance.json"}
+FILES = {"sn_shares.png", "sn_shares.csv", "sn_shares.md", "sn_shares.json"}
 # (name, layer type, using_bn) of a tiny detector, registered out of network order on purpose
 DETECTOR = [
     ("roi_heads.mask_head.mask_fcn1.norm", SwitchNorm2d, True),
@@ -38,14 +47,10 @@ DETECTOR = [
 NETWORK_ORDER = [DETECTOR[i][0] for i in (1, 2, 3, 4, 5, 6, 0)]
 
 
-def _tool():
-    return load_script("tools/visualize_sn.py").main
-
-
-def _official_layout():
-    """OfficialResNet and save_official of the ImageNet checkpoint tests, which rebuild the
-    released layout from its key list."""
-    return load_script("tests/checkpoint/test_imagenet_checkpoints.py")
+def visualize(out, *weights, metrics=None):
+    """What tools/visualize_sn.py does: compose every file, then write them into ``out``."""
+    files = share_report([str(w) for w in weights], metrics and str(metrics))
+    return write_files(str(out), files)
 
 
 def softmax(logits):
@@ -132,14 +137,14 @@ def expected_shares(logits):
 
 
 def test_detector_checkpoint_gives_figure_and_tables_equal_to_softmax_of_logits(
-    tmp_path, detector_checkpoint, detector_logits, capsys
+    tmp_path, detector_checkpoint, detector_logits
 ):
     out = tmp_path / "out"
-    assert _tool()([detector_checkpoint, "--output", str(out)]) == 0
+    visualize(out, detector_checkpoint)
     assert {p.name for p in out.iterdir()} == FILES
-    assert_bars_drawn(out / "sn_importance.png", (600, 300))
+    assert_bars_drawn(out / "sn_shares.png", (600, 300))
 
-    run = json.loads((out / "sn_importance.json").read_text())["runs"][0]
+    run = json.loads((out / "sn_shares.json").read_text())["runs"][0]
     assert (run["kind"], run["iteration"]) == ("detectron2 checkpoint", 99)
     assert [layer["name"] for layer in run["layers"]] == NETWORK_ORDER  # frozen ones included
     for layer in run["layers"]:
@@ -149,7 +154,7 @@ def test_detector_checkpoint_gives_figure_and_tables_equal_to_softmax_of_logits(
     part_mean = {s: {b: (res3[0][s][b] + res3[1][s][b]) / 2 for b in BRANCHES} for s in res3[0]}
     assert_shares(run["parts"]["res3"], part_mean)
 
-    rows = read_csv(out / "sn_importance.csv")
+    rows = read_csv(out / "sn_shares.csv")
     assert [(r["part"], r["layer"]) for r in rows] == [
         ("stem", "stem.conv1.norm"),
         ("res2", "res2.0.conv1.norm"),
@@ -166,8 +171,8 @@ def test_detector_checkpoint_gives_figure_and_tables_equal_to_softmax_of_logits(
                 value = float(row[f"model_final.pth:{stat}_{b}"])
                 assert value == pytest.approx(shares[stat][b], abs=1e-6)
 
-    table = (out / "sn_importance.md").read_text()
-    assert "iteration 99" in table and table in capsys.readouterr().out
+    table = (out / "sn_shares.md").read_text()
+    assert "iteration 99" in table
     cells = [f"{100 * part_mean[s][b]:.1f}" for s in ("mean", "var") for b in BRANCHES]
     assert f"| res3 | 2 | {' | '.join(cells)} |" in table
 
@@ -175,14 +180,13 @@ def test_detector_checkpoint_gives_figure_and_tables_equal_to_softmax_of_logits(
 def save_official_resnet(path, version, using_bn, seed):
     """A tiny ResNet-50 + SN saved as the released ImageNet checkpoints are; returns
     {official layer name: (mean logits, var logits)}."""
-    official = _official_layout()
     torch.manual_seed(seed)
-    model = official.OfficialResNet(version, using_bn=using_bn, stem=2, planes=1)
-    official.save_official(model, path)
+    model = OfficialResNet(version, using_bn=using_bn, stem=2, planes=1)
+    save_official(model, path)
     return {
         name: (m.mean_weight.tolist(), m.var_weight.tolist())
         for name, m in model.named_modules()
-        if isinstance(m, official.OfficialSN)
+        if isinstance(m, OfficialSN)
     }
 
 
@@ -193,8 +197,8 @@ def test_official_imagenet_checkpoint_gives_every_layer_under_our_names(
     path = tmp_path / "resnet50sn.pth"
     logits = save_official_resnet(path, version, using_bn, seed=1)
     out = tmp_path / "out"
-    assert _tool()([str(path), "--output", str(out)]) == 0
-    run = json.loads((out / "sn_importance.json").read_text())["runs"][0]
+    visualize(out, path)
+    run = json.loads((out / "sn_shares.json").read_text())["runs"][0]
     assert run["kind"] == "ImageNet SN checkpoint (official layout)"
     assert run["iteration"] is None
     assert list(run["parts"]) == ["stem", "res2", "res3", "res4", "res5"]
@@ -213,7 +217,7 @@ def test_official_imagenet_checkpoint_gives_every_layer_under_our_names(
     expected = sorted(tuple(softmax(m).values()) for m, _ in logits.values())
     assert sum(found, ()) == pytest.approx(sum(expected, ()), abs=1e-6)
     assert all(layer["using_bn"] is using_bn for layer in run["layers"])
-    assert figure_size(out / "sn_importance.png", len(layers)) == (True, 300)
+    assert figure_size(out / "sn_shares.png", len(layers)) == (True, 300)
 
 
 def layer_logits(state):
@@ -244,8 +248,8 @@ def test_two_checkpoints_give_per_layer_and_per_part_differences(tmp_path):
     torch.save({"model": state, "iteration": 100}, finetuned)
 
     out = tmp_path / "out"
-    assert _tool()([str(imagenet), str(finetuned), "--output", str(out)]) == 0
-    rows = read_csv(out / "sn_importance.csv")
+    visualize(out, imagenet, finetuned)
+    rows = read_csv(out / "sn_shares.csv")
     assert len(rows) == 53 + 1 and rows[-1]["layer"] == "fpn_lateral2.norm"  # only in the second
     assert rows[-1]["imagenet/model.pth:mean_IN"] == rows[-1]["delta:mean_IN"] == ""
     res2 = []
@@ -257,13 +261,13 @@ def test_two_checkpoints_give_per_layer_and_per_part_differences(tmp_path):
         assert_shares(found, delta)
         if row["part"] == "res2":
             res2.append(delta)
-    difference = json.loads((out / "sn_importance.json").read_text())["difference"]
+    difference = json.loads((out / "sn_shares.json").read_text())["difference"]
     assert list(difference) == ["stem", "res2", "res3", "res4", "res5"]  # parts of both runs
     mean_delta = {
         s: {x: sum(d[s][x] for d in res2) / len(res2) for x in BRANCHES} for s in ("mean", "var")
     }
     assert_shares(difference["res2"], mean_delta)
-    assert figure_size(out / "sn_importance.png", 54) == (True, 540)  # two panels
+    assert figure_size(out / "sn_shares.png", 54) == (True, 540)  # two panels
 
 
 def write_metrics(path, parts=("stem", "res2")):
@@ -284,7 +288,7 @@ def write_metrics(path, parts=("stem", "res2")):
 def test_metrics_json_gives_the_training_figure_only(tmp_path):
     metrics = write_metrics(tmp_path / "metrics.json")
     out = tmp_path / "out"
-    assert _tool()(["--metrics", metrics, "--output", str(out)]) == 0
+    visualize(out, metrics=metrics)
     assert [p.name for p in out.iterdir()] == ["sn_training.png"]
     assert_bars_drawn(out / "sn_training.png", (600, 270))  # one panel per part
 
@@ -302,9 +306,7 @@ class RunsCode:
 @pytest.mark.parametrize(
     "case", ["no SN layer", "not a checkpoint", "runs code", "metrics without SN", "one bad of two"]
 )
-def test_bad_input_gives_one_line_error_status_1_and_writes_nothing(
-    tmp_path, detector_checkpoint, case, capsys
-):
+def test_bad_input_is_an_input_error_and_writes_nothing(tmp_path, detector_checkpoint, case):
     bad = tmp_path / "bad.pth"
     marker = tmp_path / "code_ran"
     args = [str(bad)]
@@ -327,11 +329,9 @@ def test_bad_input_gives_one_line_error_status_1_and_writes_nothing(
         args = [detector_checkpoint, str(bad)]
         message = "Cannot read checkpoint"
     out = tmp_path / "out"
-    capsys.readouterr()
-    assert _tool()([*args, "--output", str(out)]) == 1
-    captured = capsys.readouterr()
-    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
-    assert message in captured.err and captured.out == ""
+    metrics = args[2] if "--metrics" in args else None
+    with pytest.raises((AnalysisError, CheckpointError), match=message):  # exit status 2
+        visualize(out, *args[:1] if metrics else args, metrics=metrics)
     assert not out.exists() and not marker.exists()
 
 
@@ -340,7 +340,7 @@ def test_tool_runs_on_a_detector_with_frozen_sn_stages(tmp_path):
     a user runs it: the frozen stem and res2 are in the figure and tables."""
     torch.manual_seed(0)
     model = build_model(load_config(SMOKE, "MODEL.BACKBONE.FREEZE_AT", "2"))
-    layers = sn_modules(model)
+    layers = list(named_switch_norms(model))
     frozen = {n for n, m in layers if isinstance(m, FrozenSwitchNorm2d)}
     assert frozen and all(".stem." in n or ".res2." in n for n in frozen)
     with torch.no_grad():
@@ -356,8 +356,8 @@ def test_tool_runs_on_a_detector_with_frozen_sn_stages(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| stem | 1 |" in proc.stdout and f"wrote {out / 'sn_importance.png'}" in proc.stdout
-    run = json.loads((out / "sn_importance.json").read_text())["runs"][0]
+    assert "| stem | 1 |" in proc.stdout and f"wrote {out / 'sn_shares.png'}" in proc.stdout
+    run = json.loads((out / "sn_shares.json").read_text())["runs"][0]
     assert run["iteration"] == 5
     assert list(run["parts"])[:2] == ["stem", "res2"]
     assert {"fpn", "box_head", "mask_head"} <= set(run["parts"])
@@ -365,4 +365,73 @@ def test_tool_runs_on_a_detector_with_frozen_sn_stages(tmp_path):
     assert set(found) == {n for n, _ in layers}
     for name, m in layers:
         assert_shares(found[name], expected_shares((m.mean_weight.tolist(), m.var_weight.tolist())))
-    assert figure_size(out / "sn_importance.png", len(layers)) == (True, 300)
+    assert figure_size(out / "sn_shares.png", len(layers)) == (True, 300)
+
+
+def test_two_checkpoints_without_a_common_sn_layer_are_refused_saying_why(tmp_path):
+    torch.save(
+        {
+            "model": tiny_detector(
+                random_logits([(n, 3 if bn else 2) for n, _, bn in DETECTOR], seed=4)
+            ).state_dict()
+        },
+        tmp_path / "a.pth",
+    )
+    other = {
+        "head.extra.norm.mean_weight": torch.zeros(3),
+        "head.extra.norm.var_weight": torch.zeros(3),
+    }
+    torch.save({"model": other}, tmp_path / "b.pth")
+    with pytest.raises(AnalysisError, match="no SN layer in common.*different models"):
+        visualize(tmp_path / "out", tmp_path / "a.pth", tmp_path / "b.pth")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_write_that_fails_leaves_no_file_written(tmp_path, detector_checkpoint):
+    out = tmp_path / "out"
+    (out / "sn_shares.csv").mkdir(parents=True)  # the second file cannot be written
+    with pytest.raises(IsADirectoryError):  # an OSError: exit status 1
+        visualize(out, detector_checkpoint)
+    assert [p.name for p in out.iterdir()] == ["sn_shares.csv"]
+
+
+def test_a_write_that_fails_keeps_the_files_of_the_previous_run(tmp_path, detector_checkpoint):
+    out = tmp_path / "out"
+    visualize(out, detector_checkpoint)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "sn_training.png").mkdir()
+    with pytest.raises(IsADirectoryError):
+        visualize(out, detector_checkpoint, metrics=write_metrics(tmp_path / "metrics.json"))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"iteration": null, "sn/stem/mean_IN": 0.3}', "line 1: iteration is None, not a whole"),
+        ('{"iteration": "abc", "sn/stem/mean_IN": 0.3}', "line 1: iteration is 'abc'"),
+        ('{"iteration": 19, "sn/stem/mean_IN": "0.3"}', "sn/stem/mean_IN of iteration 19 is '0.3'"),
+        ("[1, 2", "line 1 is not JSON"),
+    ],
+)
+def test_a_metrics_json_that_cannot_be_read_is_refused_naming_the_file(tmp_path, line, message):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(line + "\n")
+    with pytest.raises(AnalysisError, match=message) as error:
+        visualize(tmp_path / "out", metrics=metrics)
+    assert str(metrics) in str(error.value)
+
+
+def test_a_binary_metrics_file_is_refused_naming_the_file(tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(AnalysisError, match=f"{metrics} is not text"):
+        visualize(tmp_path / "out", metrics=metrics)
+
+
+def test_logits_stored_as_strings_are_refused_naming_the_file_and_key(tmp_path):
+    path = tmp_path / "strings.pth"
+    state = {"backbone.res2.0.norm.mean_weight": "0 1 2", "backbone.res2.0.norm.var_weight": "x"}
+    torch.save({"model": state}, path)
+    with pytest.raises(AnalysisError, match=f"{path}: backbone.res2.0.norm.mean_weight is a str"):
+        visualize(tmp_path / "out", path)

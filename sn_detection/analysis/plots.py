@@ -1,14 +1,8 @@
-"""Figures of the SN shares (matplotlib's object API: no pyplot, no backend or global state).
+"""Figures (matplotlib's object API: no pyplot, no backend or global state): the SN shares of
+every layer (:func:`shares_figure`), the shares over training (:func:`training_figure`), and the
+norm study's curves (:func:`curves_figure`)."""
 
-- :func:`importance_figure`: the SN paper's importance figure. Every SN layer in network order;
-  for each, two stacked bars of its IN/LN/BN shares, the mean's on the left and the variance's
-  (lighter, hatched) on the right; parts separated and labelled. With two runs, one panel each,
-  layers aligned by name.
-- :func:`training_figure`: the per-part shares over the iterations of a training run (from
-  ``metrics.json``), one panel per part, mean solid and variance dashed; the share axis, common
-  to the panels, spans the values (shares often move a few percent only, invisible on 0..1).
-"""
-
+import io
 from typing import IO, Dict, List, Optional, Sequence, Tuple
 
 from matplotlib.axes import Axes
@@ -16,12 +10,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .analysis import BRANCHES, STATS, Importances, LayerImportance, align
+from ..layers.switch_norm import BRANCHES
+from .metrics import History
+from .shares import STATS, CheckpointShares, LayerShares
+from .tables import align
 
 COLORS = {"IN": "#1f77b4", "LN": "#ff7f0e", "BN": "#2ca02c"}
 DPI = 100
 _BAR = 0.42  # width of each of a layer's two bars (layer pitch 1)
 _VAR_STYLE = {"alpha": 0.55, "hatch": "///"}  # the variance bars and their legend entry
+Band = Tuple[List[int], List[float], List[float], List[float]]  # iterations, mean, low, high
 
 
 def _spans(parts: Sequence[str]) -> List[Tuple[str, int, int]]:
@@ -35,7 +33,7 @@ def _spans(parts: Sequence[str]) -> List[Tuple[str, int, int]]:
     return spans
 
 
-def _panel(ax: Axes, parts: Sequence[str], layers: Sequence[Optional[LayerImportance]]) -> None:
+def _panel(ax: Axes, parts: Sequence[str], layers: Sequence[Optional[LayerShares]]) -> None:
     """One run's stacked bars, layer i at x = i; ``None`` marks a layer the run lacks."""
     for stat, offset in (("mean", -_BAR / 2), ("var", _BAR / 2)):
         bottom = [0.0] * len(layers)
@@ -80,8 +78,10 @@ def _branch_handles() -> list:
     return [Patch(color=COLORS[b], label=b) for b in BRANCHES]
 
 
-def importance_figure(runs: Sequence[Importances], labels: Sequence[str]) -> Figure:
-    """The importance figure of one run, or of two runs aligned layer by layer."""
+def shares_figure(runs: Sequence[CheckpointShares], labels: Sequence[str]) -> Figure:
+    """The SN paper's figure of the shares: every SN layer in network order, two stacked bars of
+    its IN/LN/BN shares each, the mean's on the left and the variance's (lighter, hatched) on the
+    right, parts separated and labelled. With two runs, one panel each, layers aligned by name."""
     rows = align(runs)
     parts = [part for _, part, _ in rows]
     width = min(max(6.0, 1.5 + 0.13 * len(rows)), 20.0)
@@ -101,8 +101,10 @@ def importance_figure(runs: Sequence[Importances], labels: Sequence[str]) -> Fig
     return fig
 
 
-def training_figure(history: Dict[str, Dict[str, List[Tuple[int, float]]]]) -> Figure:
-    """Per-part shares over the iterations (``analysis.read_metrics``)."""
+def training_figure(history: History) -> Figure:
+    """The per-part shares over the iterations (``metrics.share_history``), one panel per part,
+    mean solid and variance dashed; the share axis, common to the panels, spans the values
+    (shares often move a few percent only, invisible on 0..1)."""
     parts = list(history)
     cols = min(4, len(parts))
     nrows = -(-len(parts) // cols)
@@ -133,6 +135,33 @@ def training_figure(history: Dict[str, Dict[str, List[Tuple[int, float]]]]) -> F
     return fig
 
 
+def curves_figure(
+    panels: Sequence[Tuple[str, Dict[str, Band]]], title: str, dpi: int = DPI
+) -> Figure:
+    """One panel per (y label, {norm: band}): per norm the mean over seeds as a line and a band
+    from the lowest to the highest seed."""
+    fig = Figure(figsize=(5 * max(len(panels), 1), 3.6))
+    for ax, (ylabel, bands) in zip(fig.subplots(1, max(len(panels), 1), squeeze=False)[0], panels):
+        for norm, (its, mean, low, high) in bands.items():
+            (line,) = ax.plot(its, mean, marker="o" if len(its) < 12 else None, label=norm)
+            ax.fill_between(its, low, high, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def save_png(fig: Figure, f: IO[bytes], dpi: int = DPI) -> None:
     """Write ``fig`` as PNG to the open binary file ``f``."""
     fig.savefig(f, format="png", dpi=dpi)
+
+
+def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
+    """``fig`` as PNG data."""
+    buffer = io.BytesIO()
+    save_png(fig, buffer, dpi)
+    return buffer.getvalue()

@@ -1,0 +1,267 @@
+"""The IN/LN/BN shares of SN layers (the softmax of their logits), read from a model, a state dict
+or a checkpoint file, and summarised per part of the model.
+
+A layer's part comes from its module name (:func:`part_of`); layers are listed in network order.
+A part's summary is the plain mean of its layers' shares. The training scalars are named
+``sn/<part>/<mean|var>_<IN|LN|BN>`` (:func:`share_scalars`).
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import convert_official, official_state_dict, read_checkpoint
+from ..checkpoint.official_layout import strip_module_prefix
+from ..layers import named_switch_norms
+from ..layers.switch_norm import BRANCHES, LOGIT_NAMES
+from ..utils.cli import InputError
+
+STATS = ("mean", "var")
+PART_ORDER = (
+    "stem",
+    "res2",
+    "res3",
+    "res4",
+    "res5",
+    "fpn",
+    "rpn",
+    "box_head",
+    "mask_head",
+    "keypoint_head",
+)
+SCALAR_PREFIX = "sn"
+# the model-wide BN shares, which detectron2's console writer prints (names with "[metric]")
+CONSOLE_SCALARS = {"mean": "[metric]sn/BN_mean", "var": "[metric]sn/BN_var"}
+_OTHER_PARTS = {
+    "fpn": "fpn",
+    "top_block": "fpn",
+    "proposal_generator": "rpn",
+    "rpn_head": "rpn",
+    "box_head": "box_head",
+    "mask_head": "mask_head",
+    "keypoint_head": "keypoint_head",
+    "norm_out": "res5",
+}
+_MEAN_KEY, _VAR_KEY = (f".{name}" for name in LOGIT_NAMES)
+Shares = Dict[str, float]
+
+
+class AnalysisError(InputError):
+    """An input of the analysis (checkpoint, metrics.json, run record) that cannot be used; the
+    message names the file and the fix."""
+
+
+def part_of(name: str) -> Tuple[str, str]:
+    """(part, short name) of the SN layer called ``name`` in its model, e.g.
+    ``backbone.bottom_up.res3.0.conv1.norm`` -> ``("res3", "res3.0.conv1.norm")``. The short name
+    starts at the component that decided the part, so it is the same in a detector and in an
+    ImageNet backbone. Parts: ``stem``, ``res<k>`` (``norm_out`` of the v2 backbone: ``res5``),
+    ``fpn``, ``rpn``, the heads; any other layer: the first two components of its name."""
+    components = name.split(".")
+    for i, c in enumerate(components):
+        if c == "stem" or (c.startswith("res") and c[3:].isdigit()):
+            return c, ".".join(components[i:])
+        part = _OTHER_PARTS.get(c) or ("fpn" if c.startswith("fpn_") else None)
+        if part is not None:
+            return part, ".".join(components[i:])
+    return ".".join(components[:2]), name
+
+
+def part_rank(part: str) -> int:
+    """The position of ``part`` in network order (unknown parts after the known ones)."""
+    return PART_ORDER.index(part) if part in PART_ORDER else len(PART_ORDER)
+
+
+@dataclass(frozen=True)
+class LayerShares:
+    """The shares of one SN layer: ``mean`` and ``var`` map IN/LN/BN to softmax weights (BN 0
+    for a layer without the BN branch)."""
+
+    name: str
+    part: str
+    short_name: str
+    mean: Shares
+    var: Shares
+    using_bn: bool
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "name": self.name,
+            "part": self.part,
+            "short_name": self.short_name,
+            "using_bn": self.using_bn,
+            "mean": dict(self.mean),
+            "var": dict(self.var),
+        }
+
+
+def _shares(row: Sequence[float]) -> Shares:
+    return {b: float(row[i]) if i < len(row) else 0.0 for i, b in enumerate(BRANCHES)}
+
+
+def shares_from_logits(logits: Iterable[Tuple[str, Tensor, Tensor]]) -> List[LayerShares]:
+    """The shares of each ``(name, mean_weight, var_weight)``, in network order.
+
+    The softmax runs on the logits' device, all layers with the same number of branches at once,
+    and the results reach the host in one transfer per group: one synchronisation in all."""
+    items = [(name, m.detach(), v.detach()) for name, m, v in logits]
+    groups: Dict[Tuple[int, torch.device], List[int]] = OrderedDict()
+    for i, (name, m, v) in enumerate(items):
+        if m.dim() != 1 or m.shape != v.shape or m.numel() not in (2, 3):
+            raise AnalysisError(
+                f"SN layer {name}: mean_weight {tuple(m.shape)} and var_weight {tuple(v.shape)} "
+                "must both have 3 logits (IN, LN, BN) or 2 (IN, LN)"
+            )
+        groups.setdefault((m.numel(), m.device), []).append(i)
+    rows: Dict[int, Tuple[List[float], List[float]]] = {}
+    for indices in groups.values():
+        stacked = torch.stack([torch.stack([items[i][1], items[i][2]]) for i in indices])
+        shares = torch.softmax(stacked.float(), dim=-1).cpu().tolist()  # (layers, 2, branches)
+        rows.update(zip(indices, shares))
+    layers = []
+    for i, (name, _, _) in enumerate(items):
+        part, short = part_of(name)
+        mean, var = rows[i]
+        layers.append(LayerShares(name, part, short, _shares(mean), _shares(var), len(mean) == 3))
+    order = sorted(range(len(layers)), key=lambda i: (part_rank(layers[i].part), i))
+    return [layers[i] for i in order]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper, so names are those of its checkpoints."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def model_shares(model: nn.Module) -> List[LayerShares]:
+    """The shares of every SN layer of ``model`` (frozen ones included), in network order."""
+    layers = named_switch_norms(_unwrap(model))
+    return shares_from_logits((n, m.mean_weight, m.var_weight) for n, m in layers)
+
+
+def _logit_tensor(value: Any, key: str, source: str) -> Tensor:
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise AnalysisError(
+            f"{source or 'the state dict'}: {key} is a {type(value).__name__}, not a tensor of "
+            "numbers: give a checkpoint saved by torch.save or detectron2's checkpointer"
+        )
+    return t
+
+
+def state_dict_shares(state: Mapping[str, Any], source: str = "") -> List[LayerShares]:
+    """The shares of every SN layer in a state dict (tensors or numpy arrays): each pair of
+    ``<layer>.mean_weight`` and ``<layer>.var_weight``; ``source`` names it in errors."""
+    logits = []
+    for key, value in state.items():
+        if isinstance(key, str) and key.endswith(_MEAN_KEY):
+            layer = key[: -len(_MEAN_KEY)]
+            if layer + _VAR_KEY in state:
+                var_key = layer + _VAR_KEY
+                mean = _logit_tensor(value, key, source)
+                logits.append((layer, mean, _logit_tensor(state[var_key], var_key, source)))
+    return shares_from_logits(logits)
+
+
+def summarize(layers: Sequence[LayerShares]) -> Dict[str, Dict[str, Any]]:
+    """{part: {"layers": count, "mean": shares, "var": shares}} in network order, each share the
+    plain mean over the part's layers."""
+    parts: Dict[str, List[LayerShares]] = OrderedDict()
+    for layer in layers:
+        parts.setdefault(layer.part, []).append(layer)
+    return OrderedDict(
+        (part, {"layers": len(members), **_mean_shares(members)}) for part, members in parts.items()
+    )
+
+
+def _mean_shares(layers: Sequence[LayerShares]) -> Dict[str, Shares]:
+    return {
+        stat: {b: sum(getattr(m, stat)[b] for m in layers) / len(layers) for b in BRANCHES}
+        for stat in STATS
+    }
+
+
+@dataclass
+class CheckpointShares:
+    """The SN layers of one checkpoint file: where they come from and their shares."""
+
+    source: str
+    kind: str  # "detectron2 checkpoint", "ImageNet SN checkpoint (official layout)", "state dict"
+    layers: List[LayerShares]
+    iteration: Optional[int] = None
+
+    def summary(self) -> Dict[str, Dict[str, Any]]:
+        return summarize(self.layers)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "iteration": self.iteration,
+            "parts": self.summary(),
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+
+def load_shares(path: str) -> CheckpointShares:
+    """The SN layers of a checkpoint file, read without running code: ours and detectron2's
+    (``{"model": state_dict, ...}``, ``.pth`` or ``.pkl``), a bare state dict, or the released
+    ImageNet SN ``.pth`` (recognised by contents and renamed to our backbone's names).
+
+    Raises:
+        AnalysisError: for a file with no SN layers (naming what it holds instead).
+        CheckpointError: for a file that is not a checkpoint, or one that would run code.
+    """
+    obj = read_checkpoint(path)
+    iteration = None
+    if official_state_dict(obj) is not None:
+        kind = "ImageNet SN checkpoint (official layout)"
+        state = convert_official(obj, source=path).state
+    elif isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        kind = "detectron2 checkpoint"
+        state = strip_module_prefix(obj["model"])
+        iteration = obj.get("iteration")
+    elif isinstance(obj, Mapping):
+        kind = "state dict"
+        inner = obj.get("state_dict", obj)
+        state = strip_module_prefix(inner) if isinstance(inner, Mapping) else {}
+    else:
+        raise AnalysisError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    layers = state_dict_shares(state, source=path)
+    if not layers:
+        keys = ", ".join(list(map(str, state))[:3])
+        raise AnalysisError(
+            f"{path} ({kind}, {len(state)} entries, e.g. {keys}) has no SN layer: no pair of "
+            "<layer>.mean_weight and <layer>.var_weight tensors. Give a checkpoint of a model "
+            "with SN/SyncSN layers."
+        )
+    try:
+        iteration = int(iteration) if iteration is not None else None
+    except (TypeError, ValueError):
+        iteration = None  # not a count: shown as unknown
+    return CheckpointShares(path, kind, layers, iteration)
+
+
+def scalar_name(part: str, stat: str, branch: str) -> str:
+    """The EventStorage name of a part's share, e.g. ``sn/res4/var_BN``."""
+    return f"{SCALAR_PREFIX}/{part}/{stat}_{branch}"
+
+
+def share_scalars(layers: Sequence[LayerShares]) -> Dict[str, float]:
+    """The training scalars: every part's six shares, and the model-wide mean BN shares that the
+    console shows (``CONSOLE_SCALARS``)."""
+    scalars = {
+        scalar_name(part, stat, b): s[stat][b]
+        for part, s in summarize(layers).items()
+        for stat in STATS
+        for b in BRANCHES
+    }
+    if layers:
+        for stat, name in CONSOLE_SCALARS.items():
+            scalars[name] = sum(getattr(layer, stat)["BN"] for layer in layers) / len(layers)
+    return scalars
