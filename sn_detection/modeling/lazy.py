@@ -27,18 +27,6 @@ from .norms import SNOptions
 from .regnet import finish_regnet
 from .retinanet import retinanet_head_norm
 
-__all__ = [
-    "sn_basic_stem",
-    "sn_resnet_stages",
-    "sn_resnet",
-    "sn_fpn",
-    "sn_resnet_stage",
-    "sn_retinanet_head",
-    "sn_fcos_head",
-    "sn_regnet",
-    "check_lazy_norms",
-]
-
 
 def sn_basic_stem(norm: NormSpec = "SN", sn_options: SNOptions = None, **kwargs: Any) -> BasicStem:
     """detectron2's :class:`BasicStem` (``in_channels``, ``out_channels``) with ``norm`` from our
