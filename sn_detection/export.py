@@ -1,46 +1,48 @@
 """Export of SN models for deployment: what ``tools/deploy/export_model.py`` runs.
 
-SN layers need no special handling beyond eval mode: under ``torch.jit.trace``,
-``torch.jit.script``, ``torch.export`` and the ONNX exporter they run the portable inference path
-(``layers/portable.py``), so the exported files hold only aten (and torchvision) operators and run
-where sn_detection is not installed. SyncSN layers are reverted to SN first
-(:meth:`SyncSwitchNorm2d.revert_sync_switchnorm`): inference has no processes to synchronise.
+SN layers need no special handling beyond eval mode: traced, scripted, exported or converted to
+ONNX they run the portable inference path, so the files hold only aten (and torchvision) operators
+and run where sn_detection is not installed. SyncSN layers are exported as SN.
 
-Methods (the names of detectron2's tool), what each writes and what each covers:
+Methods (the names of detectron2's tool) and what each writes:
 
-- ``tracing``: ``torch.jit.trace`` of detectron2's ``TracingAdapter`` (``model.ts``, TorchScript)
-  or ``torch.onnx.export`` of the same adapter (``model.onnx``, opset 17, dynamic height and
-  width). The whole model. Input: one image tensor (3, H, W), pixels in ``INPUT.FORMAT`` already
-  resized; output: the flattened fields of the output ``Instances`` (for R-CNN, before the final
-  resize of ``detector_postprocess``: 28x28 RoI masks, boxes in the input's coordinates).
-- ``scripting``: detectron2's ``scripting_with_instances`` (``model.ts``). The whole model, input
-  ``({"image": tensor},)``, output a list of dicts of the fields. TorchScript only.
-- ``torch_export``: ``torch.export.export`` (``model.pt2``, load with ``torch.export.load``).
-  **The backbone with its FPN only**: the rest of detectron2's R-CNN and RetinaNet has
-  data-dependent Python control flow that ``torch.export`` refuses (the first one met:
-  ``if not valid_mask.all()`` in ``find_top_rpn_proposals``); anchors, proposal selection, RoI
-  heads and postprocessing are missing from the program. Input: a (N, 3, H, W) batch of images in
-  ``INPUT.FORMAT`` with H and W multiples of the backbone's ``size_divisibility`` (at least 3 times
-  it); the program normalises with ``MODEL.PIXEL_MEAN``/``PIXEL_STD`` and returns the feature
-  dict (``p2``...``p6``). Batch, height and width are dynamic.
-- ``caffe2_tracing``: not available (Caffe2 left PyTorch; detectron2's Caffe2Tracer would also
-  have to rewrite SN): an :class:`ExportError` that names the methods to use instead.
+- ``tracing``: ``torch.jit.trace`` of detectron2's ``TracingAdapter`` (``model.ts``) or ONNX of
+  the same adapter (``model.onnx``, opset 17, dynamic height and width). The whole model; input
+  one (3, H, W) image in ``INPUT.FORMAT``, already resized; output the flattened fields of the
+  ``Instances`` (R-CNN: before ``detector_postprocess``, 28x28 RoI masks).
+- ``scripting``: detectron2's ``scripting_with_instances`` (``model.ts``); input
+  ``({"image": tensor},)``, output a list of dicts of the fields.
+- ``torch_export``: ``torch.export`` (``model.pt2``) of pixel normalisation and the backbone with
+  its FPN only (the rest of detectron2's models has data-dependent control flow); input a
+  (N, 3, H, W) batch, H and W multiples of the size divisibility; output the feature dict.
+- ``caffe2_tracing``: refused (Caffe2 left PyTorch).
 
-Every unsupported combination raises :class:`ExportError`, whose message is one line that says
-what to use instead.
+Files are written whole or not at all (:func:`~sn_detection.utils.file_io.atomic_save`). Bad input
+(method, weights, output folder, sample image) raises :class:`ExportError`, one line that says
+what to do instead.
 """
+
+import io
 import logging
 import os
+import tempfile
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_test_loader, detection_utils
+from detectron2.data import transforms as T
 from detectron2.export import TracingAdapter, dump_torchscript_IR, scripting_with_instances
 from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema
-from detectron2.modeling import GeneralizedRCNN
+from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.structures import Boxes
 from torch import Tensor, nn
 
+from .checkpoint import CheckpointError, SNCheckpointer
+from .checkpoint.errors import sample_keys
 from .layers import SyncSwitchNorm2d
+from .utils.cli import InputError
+from .utils.file_io import atomic_save
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +63,8 @@ SCRIPTING_FIELDS = {
 }
 
 
-class ExportError(RuntimeError):
-    """An export that cannot work; the message is one line naming the method to use instead."""
+class ExportError(InputError):
+    """An export that cannot work as asked; the message is one line saying what to do instead."""
 
 
 def check_method(method: str, fmt: str) -> None:
@@ -172,21 +174,27 @@ def _inline_initializer_aliases(onnx_model) -> None:
 
 def export_onnx(adapter: TracingAdapter, image: Tensor, path: str) -> List[str]:
     """Export the traced adapter to ONNX (TorchScript-based exporter, opset ``ONNX_OPSET``, input
-    "image" of dynamic height and width); returns the output names."""
+    "image" of dynamic height and width) in ``path``; returns the output names."""
     import onnx
 
+    buffer = io.BytesIO()
     with torch.no_grad():
         adapter(image)  # fills outputs_schema
         names = output_names(adapter)
         torch.onnx.export(
-            adapter, (image,), path, dynamo=False, opset_version=ONNX_OPSET,
-            input_names=["image"], output_names=names,
+            adapter,
+            (image,),
+            buffer,
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["image"],
+            output_names=names,
             dynamic_axes={"image": {1: "height", 2: "width"}, **{n: {0: "n"} for n in names}},
         )
-    model = onnx.load(path)
+    model = onnx.load_model_from_string(buffer.getvalue())
     _inline_initializer_aliases(model)
     onnx.checker.check_model(model)
-    onnx.save(model, path)
+    atomic_save(path, lambda f: f.write(model.SerializeToString()))
     return names
 
 
@@ -270,6 +278,17 @@ def export_backbone(model: nn.Module, images: Tensor) -> torch.export.ExportedPr
         return torch.export.export(_NormalizedBackbone(model), (images,), dynamic_shapes=(dims,))
 
 
+def _save_torchscript(module: torch.jit.ScriptModule, output_dir: str) -> str:
+    """``model.ts`` and detectron2's IR dumps in ``output_dir``, each file whole or not at all."""
+    path = os.path.join(output_dir, "model.ts")
+    atomic_save(path, lambda f: torch.jit.save(module, f))
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".ir.") as tmp:
+        dump_torchscript_IR(module, tmp)
+        for name in os.listdir(tmp):
+            os.replace(os.path.join(tmp, name), os.path.join(output_dir, name))
+    return path
+
+
 def export(
     model: nn.Module, image: Tensor, method: str, fmt: str, output_dir: str
 ) -> Tuple[str, Optional[TracingAdapter]]:
@@ -277,22 +296,19 @@ def export(
     ``output_dir``, with ``image`` (3, H, W) as the example input; returns the written file and,
     for tracing, the adapter (its ``outputs_schema`` rebuilds detectron2 outputs)."""
     check_method(method, fmt)
-    os.makedirs(output_dir, exist_ok=True)
+    check_output_dir(output_dir)
     if model.training:
         raise ExportError(
             "the model is in training mode: export sn_detection.export.deployable(model)"
         )
+    os.makedirs(output_dir, exist_ok=True)
     if method == "torch_export":
         program = export_backbone(model, backbone_input(model, image))
         path = os.path.join(output_dir, "model.pt2")
-        torch.export.save(program, path)
+        atomic_save(path, lambda f: torch.export.save(program, f))
         return path, None
     if method == "scripting":
-        scripted = script(model)
-        path = os.path.join(output_dir, "model.ts")
-        scripted.save(path)
-        dump_torchscript_IR(scripted, output_dir)
-        return path, None
+        return _save_torchscript(script(model), output_dir), None
     if fmt == "onnx":
         adapter = tracing_adapter(model, image)
         path = os.path.join(output_dir, "model.onnx")
@@ -300,8 +316,96 @@ def export(
         logger.info("ONNX outputs: " + ", ".join(names))
         return path, adapter
     traced, adapter = trace(model, image)
-    path = os.path.join(output_dir, "model.ts")
-    traced.save(path)
-    dump_torchscript_IR(traced, output_dir)
+    path = _save_torchscript(traced, output_dir)
     logger.info("Outputs schema: " + str(adapter.outputs_schema))
     return path, adapter
+
+
+# -- from a config: what the tool runs -------------------------------------------------------------
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Raise :class:`ExportError` when ``output_dir`` cannot become the folder of the exported
+    files: a file, or in a folder that is not writable (it is created when missing)."""
+    path = os.path.abspath(output_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ExportError(f"--output {output_dir} is a file: give a folder for the exported files")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ExportError(f"--output {output_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ExportError(f"--output {output_dir}: {existing} is not writable: give another folder")
+
+
+def sample_image(cfg: CfgNode, path: Optional[str] = None) -> Tensor:
+    """The (3, H, W) float32 example input (pixels 0-255 in ``INPUT.FORMAT``): ``path`` read and
+    resized as DefaultPredictor does, or the first image of ``DATASETS.TEST[0]`` as its test
+    loader gives it."""
+    if path is None:
+        loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
+        return next(iter(loader))[0]["image"].float()
+    if not os.path.isfile(path):
+        raise ExportError(f"--sample-image {path}: no such file")
+    try:
+        image = detection_utils.read_image(path, format=cfg.INPUT.FORMAT)
+    except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise ExportError(f"--sample-image {path} is not an image that PIL can read ({e})") from e
+    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    image = resize.get_transform(image).apply_image(image)
+    return torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
+
+
+def _require_weights(weights: str) -> None:
+    if not weights:
+        raise CheckpointError(
+            "MODEL.WEIGHTS is not set: an export needs the trained weights (MODEL.WEIGHTS "
+            "/path/to/model_final.pth)"
+        )
+
+
+def load_weights(model: nn.Module, weights: str, allow_partial: bool = False) -> None:
+    """Load ``weights`` (MODEL.WEIGHTS) into ``model`` for export: :class:`CheckpointError`
+    when there are none, or when they leave some of the model's parameters and buffers at their
+    initial values (named; with ``allow_partial``, a warning)."""
+    _require_weights(weights)
+    checkpointer = SNCheckpointer(model)
+    checkpointer.load(weights)
+    unloaded = checkpointer.unloaded_keys()
+    if not unloaded:
+        return
+    total = len(model.state_dict())
+    message = (
+        f"{weights} leaves {len(unloaded)} of the model's {total} tensors at their initial "
+        f"values ({sample_keys(unloaded)})"
+    )
+    if allow_partial:
+        logger.warning(f"{message}; exporting them as they are (--allow-partial-weights).")
+        return
+    raise CheckpointError(
+        f"{message}: they are weights of another model or config. Give the checkpoint trained "
+        "with this config, or --allow-partial-weights to export the model as it is."
+    )
+
+
+def export_from_config(
+    cfg: CfgNode,
+    method: str,
+    fmt: str,
+    output_dir: str,
+    image_path: Optional[str] = None,
+    allow_partial_weights: bool = False,
+) -> str:
+    """Build the model of ``cfg``, load ``MODEL.WEIGHTS`` (:func:`load_weights`) and export it as
+    :func:`export` does, with :func:`sample_image` of ``image_path`` as the example input; every
+    input is checked before the model is built. Returns the written file."""
+    check_method(method, fmt)
+    check_output_dir(output_dir)
+    _require_weights(cfg.MODEL.WEIGHTS)
+    image = sample_image(cfg, image_path)
+    model = build_model(cfg)
+    load_weights(model, cfg.MODEL.WEIGHTS, allow_partial_weights)
+    model = deployable(model)  # eval mode, SyncSN as SN
+    path, _ = export(model, image.to(cfg.MODEL.DEVICE), method, fmt, output_dir)
+    return path

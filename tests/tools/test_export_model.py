@@ -1,39 +1,51 @@
 """tools/deploy/export_model.py: the smoke model (random SN statistics and logits, saved to a
 weights file) exported by each supported method gives eager's boxes, scores and masks on images of
 the shapes dataset; the files run in a process without sn_detection; a SyncSN model exports as
-SN; a method that cannot work stops with a one-line error naming the one to use."""
+SN; bad input (method, weights, output folder, sample image) stops with one line and exit status
+2 before anything is written; a failed write leaves the earlier file."""
+
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
 
-pytest.importorskip("detectron2")
-from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-
-from sn_detection.checkpoint import SNCheckpointer  # noqa: E402
-from sn_detection.export import (  # noqa: E402
+from sn_detection.checkpoint import SNCheckpointer
+from sn_detection.export import (
     ExportError,
     backbone_input,
     check_method,
     deployable,
+    load_weights,
+    sample_image,
     script,
 )
-from sn_detection.layers import SyncSwitchNorm2d  # noqa: E402
-from sn_detection.testing import (  # noqa: E402
+from sn_detection.layers import SyncSwitchNorm2d
+from sn_detection.testing import (
     CONFIGS,
     REPO,
+    RunsCode,
+    assert_same_detections,
+    detection_fields,
     load_config,
     load_script,
     randomize_sn_state,
+    run_with_file_size_limit,
 )
+from sn_detection.utils.cli import run_tool
 
 SMOKE = CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml"
 SYNC_SMOKE = CONFIGS / "quick_schedules/mask_rcnn_syncsn_smoke.yaml"
-TOOL = REPO / "tools/deploy/export_model.py"
-tool = load_script("tools/deploy/export_model.py")
+TOOL = "tools/deploy/export_model.py"
+FILES = {"tracing": "model.ts", "scripting": "model.ts", "torch_export": "model.pt2"}
+
+
+def export_model(*argv) -> int:
+    """The tool run in this process; its exit status."""
+    return run_tool(load_script(TOOL).main, [str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +70,7 @@ def images():
     """Three validation images of the shapes dataset, as the tool reads a --sample-image."""
     cfg = load_config(SMOKE)
     files = [d["file_name"] for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])[:3]]
-    return [tool.sample_image(cfg, f) for f in files]
+    return [sample_image(cfg, f) for f in files]
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +83,9 @@ def exported(tmp_path_factory, weights):
         key = (method, fmt, str(config))
         if key not in done:
             out = tmp_path_factory.mktemp(f"{method}_{fmt}")
-            args = ["--config-file", str(config), "--export-method", method, "--format", fmt]
-            done[key] = tool.main(args + ["--output", str(out), "MODEL.WEIGHTS", weights])
+            args = ["--config-file", config, "--export-method", method, "--format", fmt]
+            assert export_model(*args, "--output", out, "MODEL.WEIGHTS", weights) == 0
+            done[key] = str(out / ("model.onnx" if fmt == "onnx" else FILES[method]))
         return done[key]
 
     return export
@@ -80,25 +93,7 @@ def exported(tmp_path_factory, weights):
 
 def _eager_fields(model, image):
     with torch.no_grad():
-        inst = model.inference([{"image": image}], do_postprocess=False)[0]
-    assert len(inst) > 0
-    return {
-        "pred_boxes": inst.pred_boxes.tensor,
-        "scores": inst.scores,
-        "pred_classes": inst.pred_classes,
-        "pred_masks": inst.pred_masks,
-    }
-
-
-def _assert_same_detections(got, want):
-    """Exported and eager differ only by float rounding (the portable SN statistics)."""
-    close = dict(rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(torch.as_tensor(got["pred_boxes"]), want["pred_boxes"], **close)
-    torch.testing.assert_close(torch.as_tensor(got["scores"]), want["scores"], rtol=1e-4, atol=1e-4)
-    assert torch.equal(torch.as_tensor(got["pred_classes"]), want["pred_classes"])
-    torch.testing.assert_close(
-        torch.as_tensor(got["pred_masks"]), want["pred_masks"], rtol=1e-4, atol=1e-4
-    )
+        return detection_fields(model.inference([{"image": image}], do_postprocess=False)[0])
 
 
 # the flattened outputs of a traced R-CNN: Instances fields in sorted order, then the image size
@@ -114,7 +109,7 @@ def test_torchscript_export_gives_eager_detections(exported, eager, images, meth
                 got = dict(zip(TRACED_FIELDS, model(image)))
             else:
                 got = model(({"image": image},))[0]
-        _assert_same_detections(got, _eager_fields(eager, image))
+        assert_same_detections(got, _eager_fields(eager, image))
 
 
 def test_onnx_export_runs_in_onnxruntime_with_eager_detections(exported, eager, images):
@@ -123,7 +118,7 @@ def test_onnx_export_runs_in_onnxruntime_with_eager_detections(exported, eager, 
     assert [o.name for o in session.get_outputs()] == list(TRACED_FIELDS)
     for image in images:  # other sizes than the example: height and width are dynamic
         got = dict(zip(TRACED_FIELDS, session.run(None, {"image": image.numpy()})))
-        _assert_same_detections(got, _eager_fields(eager, image))
+        assert_same_detections(got, _eager_fields(eager, image))
 
 
 def test_torch_export_program_gives_eager_backbone_features(exported, eager, images):
@@ -174,8 +169,12 @@ print("ok")
 """
     env = dict(os.environ, PYTHONPATH="")
     proc = subprocess.run(
-        [sys.executable, "-c", script_text], capture_output=True, text=True, timeout=300,
-        env=env, cwd=str(tmp_path),
+        [sys.executable, "-c", script_text],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=str(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok")
@@ -189,27 +188,39 @@ def test_syncsn_model_exports_as_sn_with_the_same_detections(exported, eager, im
     for image in images[:2]:
         with torch.no_grad():
             got = dict(zip(TRACED_FIELDS, traced(image)))
-        _assert_same_detections(got, _eager_fields(eager, image))
+        assert_same_detections(got, _eager_fields(eager, image))
 
 
 def test_caffe2_tracing_stops_with_a_one_line_error_naming_the_method_to_use(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(TOOL), "--config-file", str(SMOKE), "--export-method",
-         "caffe2_tracing", "--output", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / TOOL),
+            "--config-file",
+            str(SMOKE),
+            "--export-method",
+            "caffe2_tracing",
+            "--output",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("export_model.py: error: caffe2_tracing")
+    assert lines[0].startswith("error: caffe2_tracing")
     assert "use --export-method tracing" in lines[0]
     assert not any(tmp_path.iterdir())  # stopped before building anything
 
 
 @pytest.mark.parametrize(
     "method, fmt, advice",
-    [("scripting", "onnx", "--export-method tracing --format onnx"),
-     ("torch_export", "onnx", "--export-method tracing --format onnx")],
+    [
+        ("scripting", "onnx", "--export-method tracing --format onnx"),
+        ("torch_export", "onnx", "--export-method tracing --format onnx"),
+    ],
 )
 def test_method_and_format_that_cannot_work_are_refused_naming_what_to_use(method, fmt, advice):
     with pytest.raises(ExportError, match=advice) as info:
@@ -225,3 +236,110 @@ def test_a_model_torchscript_cannot_script_is_refused_with_a_pointer_to_tracing(
     with pytest.raises(ExportError, match="use --export-method tracing$") as info:
         script(Unscriptable())
     assert "\n" not in str(info.value)
+
+
+# -- bad input: one line, exit status 2, nothing written -----------------------------------------
+
+
+def _bad_input(tmp_path, case, weights):
+    """(arguments, words of the message) for each kind of bad input."""
+    out = tmp_path / "export"
+    image = None
+    if case == "no weights":
+        weights, message = "", "MODEL.WEIGHTS is not set"
+    elif case == "missing weights":
+        weights, message = tmp_path / "model_final.pth", "does not exist"
+    elif case == "directory weights":
+        weights, message = tmp_path, "is a directory"
+    elif case == "truncated weights":
+        data = open(weights, "rb").read()
+        weights = tmp_path / "cut.pth"
+        weights.write_bytes(data[: len(data) // 2])
+        message = "truncated or not a PyTorch/detectron2 checkpoint"
+    elif case == "malicious weights":
+        weights = tmp_path / "evil.pth"
+        torch.save({"model": {"w": RunsCode(tmp_path / "code_ran")}}, weights)
+        message = "Refusing to read checkpoint"
+    elif case == "output is a file":
+        out.write_text("")
+        message = "is a file: give a folder"
+    elif case == "missing sample image":
+        image, message = tmp_path / "no.jpg", "no such file"
+    else:
+        image = tmp_path / "not_an_image.jpg"
+        image.write_text("not an image")
+        message = "is not an image that PIL can read"
+    args = ["--config-file", SMOKE, "--output", out, "MODEL.WEIGHTS", weights]
+    return (args if image is None else ["--sample-image", image, *args]), message
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no weights",
+        "missing weights",
+        "directory weights",
+        "truncated weights",
+        "malicious weights",
+        "output is a file",
+        "missing sample image",
+        "non-image sample image",
+    ],
+)
+def test_bad_input_stops_with_one_line_and_exit_status_2(tmp_path, weights, capsys, case):
+    args, message = _bad_input(tmp_path, case, weights)
+    capsys.readouterr()
+    assert export_model(*args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    export_dir = tmp_path / "export"
+    assert not export_dir.is_dir() or not any(export_dir.iterdir())
+    assert not (tmp_path / "code_ran").exists()
+
+
+def test_an_output_folder_that_is_not_writable_is_refused(tmp_path, weights, capsys, monkeypatch):
+    # os.access, as the check asks it: tests run as root, whom no permission bit stops
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    args = ["--config-file", SMOKE, "--output", tmp_path / "out", "MODEL.WEIGHTS", weights]
+    assert export_model(*args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path} is not writable" in err
+
+
+def _other_weights(tmp_path):
+    """Weights of the smoke model with a narrower box head: they fill all but that head."""
+    cfg = load_config(SMOKE, "MODEL.ROI_BOX_HEAD.FC_DIM", "16")
+    path = tmp_path / "narrow_head.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, path)
+    return path
+
+
+def test_weights_of_another_model_are_refused_naming_what_they_leave_unloaded(tmp_path, capsys):
+    args = ["--config-file", SMOKE, "--output", tmp_path / "out"]
+    assert export_model(*args, "MODEL.WEIGHTS", _other_weights(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--allow-partial-weights" in err
+    assert "roi_heads.box_head.fc1.{bias,weight}" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_allow_partial_weights_loads_what_fits(tmp_path):
+    path = _other_weights(tmp_path)
+    model = build_model(load_config(SMOKE))
+    load_weights(model, str(path), allow_partial=True)
+    key = "roi_heads.box_predictor.bbox_pred.bias"  # of the same shape in both models
+    assert torch.equal(model.state_dict()[key], torch.load(path)["model"][key])
+
+
+def test_a_failed_write_leaves_the_earlier_export_and_says_so_in_one_line(tmp_path, weights):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.ts").write_bytes(b"earlier export")
+    args = ["--config-file", str(SMOKE), "--output", str(out), "MODEL.WEIGHTS", weights]
+    proc = run_with_file_size_limit(TOOL, args, limit=1 << 16)  # the model is larger
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "terminate" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: writing {out / 'model.ts'} failed (File too large)")
+    assert (out / "model.ts").read_bytes() == b"earlier export"
+    assert os.listdir(out) == ["model.ts"]  # no temporary file or folder left
