@@ -1,0 +1,312 @@
+"""The norm study's checks and run loop (sn_detection.study) with a stand-in for tools/train_net.py
+that writes a metrics.json in a fraction of a second: settings recorded and compared, failed runs
+recorded while the others go on, run folders locked, training processes that die with the study."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from sn_detection.study import (
+    RUN_RECORD,
+    Study,
+    StudyError,
+    default_norms,
+    load_config,
+    locked_runs,
+    norm_overrides,
+    plan,
+    prepare_study,
+    run_study,
+)
+from sn_detection.testing import CONFIGS
+from sn_detection.utils.cli import InputError
+
+SMOKE = str(CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml")
+# A stand-in for tools/train_net.py: reads the KEY VALUE overrides, writes detectron2's
+# metrics.json (two records, an evaluation at the end); fails where FAKE_FAIL names "<norm>:<seed>";
+# with FAKE_PID_FILE, writes its pid there and sleeps.
+FAKE_TRAIN_NET = textwrap.dedent(
+    """
+    import json, os, sys, time
+    args = sys.argv[sys.argv.index("--config-file") + 2 :]
+    opts = dict(zip(args[::2], args[1::2]))
+    norm, seed = opts["MODEL.RESNETS.NORM"], int(opts["SEED"])
+    if os.environ.get("FAKE_PID_FILE"):
+        with open(os.environ["FAKE_PID_FILE"], "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(120)
+    print("training", norm, seed)
+    if os.environ.get("FAKE_FAIL") == f"{norm}:{seed}":
+        print("RuntimeError: the batch is empty")
+        sys.exit(3)
+    ap = 10.0 * (seed + 1) + len(norm)
+    records = [
+        {"iteration": 0, "total_loss": 2.0, "time": 0.1},
+        {"iteration": 1, "total_loss": 1.0, "time": 0.3, "bbox/AP": ap, "bbox/AP50": 2 * ap,
+         "bbox/AP75": ap / 2},
+    ]
+    with open(os.path.join(opts["OUTPUT_DIR"], "metrics.json"), "w") as f:
+        f.write("\\n".join(json.dumps(r) for r in records) + "\\n")
+    """
+)
+
+
+@pytest.fixture
+def fake_train_net(tmp_path):
+    path = tmp_path / "fake_train_net.py"
+    path.write_text(FAKE_TRAIN_NET)
+    return [sys.executable, str(path)]
+
+
+def _quiet(line):
+    """A log that prints nothing."""
+
+
+def prepare(tmp_path, fake_train_net, *opts, **options):
+    options = {"norms": ["BN", "GN"], "seeds": [0, 1], **options}
+    output = str(tmp_path / "out")
+    return prepare_study(SMOKE, list(opts), output, fake_train_net, **options)
+
+
+# -- checks before training --------------------------------------------------------------------
+
+
+def test_negative_seeds_are_refused(tmp_path, fake_train_net):
+    with pytest.raises(StudyError, match="--seeds -1: seeds are non-negative integers"):
+        prepare(tmp_path, fake_train_net, seeds=[0, -1])
+
+
+@pytest.mark.parametrize("given", [["TEST.EVAL_PERIOD", "0"], ["TEST.EVAL_PERIOD", "7"]])
+def test_the_users_eval_period_is_kept(tmp_path, fake_train_net, given):
+    study = prepare(tmp_path, fake_train_net, *given)
+    assert study.settings("GN", 0)["config"]["TEST.EVAL_PERIOD"] == int(given[1])
+
+
+def test_eval_period_given_twice_is_refused(tmp_path, fake_train_net):
+    with pytest.raises(StudyError, match="--eval-period or TEST.EVAL_PERIOD, not both"):
+        prepare(tmp_path, fake_train_net, "TEST.EVAL_PERIOD", "5", eval_period=3)
+
+
+def test_max_iter_0_is_refused_before_training(tmp_path, fake_train_net):
+    with pytest.raises(StudyError, match="SOLVER.MAX_ITER is 0: give a positive count"):
+        prepare(tmp_path, fake_train_net, "SOLVER.MAX_ITER", "0")
+
+
+def test_an_output_that_is_a_file_is_refused(tmp_path, fake_train_net):
+    (tmp_path / "out").write_text("")
+    with pytest.raises(StudyError, match="--output .*out is a file"):
+        prepare(tmp_path, fake_train_net)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_is_refused(tmp_path, fake_train_net):
+    (tmp_path / "out").mkdir(mode=0o500)
+    with pytest.raises(StudyError, match="is not writable"):
+        prepare(tmp_path, fake_train_net)
+
+
+def test_coco_files_are_checked_before_training(tmp_path, fake_train_net):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "list.json").write_text("[]")
+    files = [str(tmp_path / "list.json"), str(tmp_path / "images")]
+    with pytest.raises(InputError, match="--coco-train .*list.json holds a JSON list"):
+        prepare(tmp_path, fake_train_net, coco_train=files)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"dataset_test": "nowhere"}, "dataset 'nowhere' (DATASETS.TEST) is not registered"),
+        ({"norms": ["BN", "SwitchNorm"]}, "invalid norm 'SwitchNorm'; valid norms: FrozenBN, SN, "),
+        ({"norms": ["FrozenBN"]}, "FrozenBN freezes pretrained BN statistics"),
+        ({"coco_train": ["missing.json", "."]}, "--coco-train: the COCO json"),
+    ],
+)
+def test_bad_names_and_files_are_refused_before_anything_trains(
+    tmp_path, fake_train_net, options, message
+):
+    with pytest.raises(InputError) as error:
+        prepare(tmp_path, fake_train_net, **options)
+    assert message in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_frozen_bn_freezes_the_backbone_only_and_sync_norms_join_on_several_processes():
+    assert norm_overrides("FrozenBN")[1::2] == ["FrozenBN", "", "", ""]
+    assert norm_overrides("SN")[1::2] == ["SN"] * 4
+    cfg = load_config(SMOKE, [])
+    assert default_norms(cfg, 1) == ["BN", "GN", "SN"]
+    assert default_norms(cfg, 2) == ["BN", "GN", "naiveSyncBN", "SN", "SyncSN"]
+    cfg.MODEL.WEIGHTS = "weights.pkl"
+    assert default_norms(cfg, 1)[0] == "FrozenBN"
+
+
+# -- the run loop ------------------------------------------------------------------------------
+
+
+def test_each_run_records_the_settings_it_was_trained_with(tmp_path, fake_train_net):
+    study = prepare(tmp_path, fake_train_net, "SOLVER.MAX_ITER", "3", seeds=[0])
+    assert run_study(study, "test", log=_quiet) == 0
+    record = json.loads((tmp_path / "out/runs/GN/seed0" / RUN_RECORD).read_text())
+    assert record["status"] == "finished"
+    config = record["settings"]["config"]
+    assert (config["SOLVER.MAX_ITER"], config["SEED"], config["MODEL.FPN.NORM"]) == (3, 0, "GN")
+    assert record["settings"]["overrides"] == ["SOLVER.MAX_ITER", "3"]
+    assert (
+        "3 iterations, overrides `SOLVER.MAX_ITER 3`" in (tmp_path / "out/results.md").read_text()
+    )
+
+
+def test_a_rerun_skips_the_finished_runs(tmp_path, fake_train_net):
+    assert run_study(prepare(tmp_path, fake_train_net, seeds=[0]), "test", log=_quiet) == 0
+    record = tmp_path / "out/runs/GN/seed0" / RUN_RECORD
+    before = record.stat().st_mtime_ns
+    lines = []
+    assert run_study(prepare(tmp_path, fake_train_net, seeds=[0]), "test", log=lines.append) == 0
+    assert sum("finished before, skipped" in line for line in lines) == 2
+    assert record.stat().st_mtime_ns == before
+    assert "| GN | 1 |" in (tmp_path / "out/results.md").read_text()
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_the_difference(tmp_path, fake_train_net):
+    study = prepare(tmp_path, fake_train_net, "SOLVER.MAX_ITER", "3", seeds=[0])
+    assert run_study(study, "test", log=_quiet) == 0
+    rerun = prepare(tmp_path, fake_train_net, "SOLVER.MAX_ITER", "4", seeds=[0])
+    with pytest.raises(
+        StudyError,
+        match="seed0 was trained with other settings: SOLVER.MAX_ITER 3, now 4.*--retrain",
+    ):
+        plan(rerun)
+
+
+def test_retrain_trains_the_runs_whose_settings_differ(tmp_path, fake_train_net):
+    study = prepare(tmp_path, fake_train_net, "SOLVER.MAX_ITER", "3", seeds=[0])
+    assert run_study(study, "test", log=_quiet) == 0
+    rerun = prepare(tmp_path, fake_train_net, "SOLVER.MAX_ITER", "4", seeds=[0], retrain=True)
+    assert set(plan(rerun).values()) == {None}  # every run trains again
+    same = prepare(tmp_path, fake_train_net, "SOLVER.MAX_ITER", "3", seeds=[0], retrain=True)
+    assert None not in plan(same).values()  # runs with these settings are kept
+
+
+def test_a_corrupt_run_record_is_refused_naming_the_file(tmp_path, fake_train_net):
+    study = prepare(tmp_path, fake_train_net, seeds=[0])
+    record = tmp_path / "out/runs/BN/seed0" / RUN_RECORD
+    record.parent.mkdir(parents=True)
+    record.write_text('{"norm": "BN", "fin')
+    with pytest.raises(StudyError, match=f"{record} is not JSON .*delete it"):
+        plan(study)
+
+
+def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, fake_train_net, monkeypatch):
+    monkeypatch.setenv("FAKE_FAIL", "GN:0")
+    study = prepare(tmp_path, fake_train_net)
+    assert run_study(study, "test", log=_quiet) == 1
+    out = tmp_path / "out"
+    failed = json.loads((out / "runs/GN/seed0" / RUN_RECORD).read_text())
+    assert failed["status"] == "failed" and failed["error"] == "exit status 3"
+    assert failed["log_tail"][-1] == "RuntimeError: the batch is empty"
+    for norm, seed in (("BN", 0), ("BN", 1), ("GN", 1)):  # trained after the failure too
+        assert (
+            json.loads((out / f"runs/{norm}/seed{seed}" / RUN_RECORD).read_text())["status"]
+            == "finished"
+        )
+    table = (out / "results.md").read_text()
+    assert "| GN | 1 of 2 |" in table and "| BN | 2 |" in table
+    assert "- GN seed 0: exit status 3; log: `runs/GN/seed0/train.log`" in table
+
+
+def test_a_rerun_trains_the_failed_runs_again(tmp_path, fake_train_net, monkeypatch):
+    monkeypatch.setenv("FAKE_FAIL", "GN:0")
+    assert run_study(prepare(tmp_path, fake_train_net, seeds=[0]), "test", log=_quiet) == 1
+    monkeypatch.delenv("FAKE_FAIL")
+    rerun = prepare(tmp_path, fake_train_net, seeds=[0])
+    assert plan(rerun)[("GN", 0)] is None and plan(rerun)[("BN", 0)] is not None
+
+
+# -- locks and stopping ------------------------------------------------------------------------
+
+STUDY_PROCESS = """
+import sys
+from sn_detection.study import Study, run_study
+study = Study(config_file={config!r}, overrides=[], norms=["GN"], seeds=[0], output={output!r},
+              num_gpus=1, train_command={command!r})
+sys.exit(run_study(study, "test"))
+"""
+
+
+def _start_study(tmp_path, fake_train_net):
+    """A study in a process of its own whose training sleeps; returns (study process, the
+    training's pid) once the training runs."""
+    pid_file = tmp_path / "training.pid"
+    code = STUDY_PROCESS.format(config=SMOKE, output=str(tmp_path / "out"), command=fake_train_net)
+    env = dict(os.environ, FAKE_PID_FILE=str(pid_file))
+    study = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert study.poll() is None and time.time() < deadline, "the study did not start training"
+        time.sleep(0.1)
+    return study, int(pid_file.read_text())
+
+
+def _gone(pid, timeout=15.0):
+    """Whether process ``pid`` ends (or is a zombie) within ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        if time.time() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _stop(pid):
+    """Kill ``pid`` if a failed test left it running."""
+    if not _gone(pid, 0):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_study_stops_its_training_and_leaves_no_old_results(
+    tmp_path, fake_train_net, sig
+):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/results.md").write_text("an older study's table")
+    study, training = _start_study(tmp_path, fake_train_net)
+    try:
+        study.send_signal(sig)
+        assert study.wait(timeout=30) == 130
+        assert _gone(training)
+    finally:
+        _stop(training)
+    assert not (tmp_path / "out/results.md").exists()
+
+
+def test_a_killed_studys_training_dies_and_holds_the_run_folder_until_then(
+    tmp_path, fake_train_net
+):
+    study, training = _start_study(tmp_path, fake_train_net)
+    rerun = Study(SMOKE, [], ["GN"], [0], str(tmp_path / "out"), 1, fake_train_net)
+    try:
+        with pytest.raises(
+            StudyError, match=f"runs/GN/seed0 is in use by a live process .*training pid {training}"
+        ):
+            with locked_runs(rerun):
+                pass
+        study.kill()
+        study.wait()
+        assert _gone(training)
+    finally:
+        _stop(training)
+    with locked_runs(rerun) as locks:  # free once no process holds it
+        assert list(locks) == [("GN", 0)]
