@@ -140,8 +140,10 @@ def flat_config(cfg: CfgNode, prefix: str = "") -> Dict[str, Any]:
 
 def settings_difference(trained: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
     """What differs between two runs' settings, one phrase per key ("SOLVER.MAX_ITER 30, now 4")."""
+    if "config" not in trained:
+        return ["no settings recorded (a run of an earlier version)"]
     diffs = []
-    old_config, new_config = trained.get("config", {}), now["config"]
+    old_config, new_config = trained["config"], now["config"]
     for key in sorted(set(old_config) | set(new_config)):
         a, b = old_config.get(key, "(unset)"), new_config.get(key, "(unset)")
         if a != b:
@@ -298,7 +300,7 @@ def prepare_study(
     _check_registered(cfg)
     norms = list(norms or default_norms(cfg, num_gpus))
     _check_norms(norms, cfg)
-    study = Study(
+    return Study(
         config_file=os.path.abspath(config_file),
         overrides=overrides,
         norms=norms,
@@ -309,12 +311,6 @@ def prepare_study(
         datasets=datasets,
         retrain=retrain,
     )
-    for norm in norms:  # the norm in every key must build: yacs accepts any string
-        try:
-            load_config(study.config_file, study.run_overrides(norm, study.seeds[0]))
-        except (KeyError, ValueError, TypeError, AssertionError) as e:
-            raise StudyError(f"{config_file} with {norm}: {type(e).__name__}: {e}") from None
-    return study
 
 
 # -- the run folders: records and locks --------------------------------------------------------

@@ -195,6 +195,15 @@ def test_retrain_trains_the_runs_whose_settings_differ(tmp_path, fake_train_net)
     assert None not in plan(same).values()  # runs with these settings are kept
 
 
+def test_a_finished_run_without_recorded_settings_is_refused(tmp_path, fake_train_net):
+    study = prepare(tmp_path, fake_train_net, seeds=[0])
+    record = tmp_path / "out/runs/BN/seed0" / RUN_RECORD
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"status": "finished", "norm": "BN", "seed": 0}))
+    with pytest.raises(StudyError, match="other settings: no settings recorded"):
+        plan(study)
+
+
 def test_a_corrupt_run_record_is_refused_naming_the_file(tmp_path, fake_train_net):
     study = prepare(tmp_path, fake_train_net, seeds=[0])
     record = tmp_path / "out/runs/BN/seed0" / RUN_RECORD
