@@ -7,7 +7,7 @@ exists but fails to load gives a warning, then the same fallback.
 
 dtypes: float32 and float64 (``_DTYPES``). Other inputs, e.g. the bfloat16 that a convolution gives
 under CPU autocast (``SOLVER.AMP.PRECISION bfloat16``), run the plain kernels, whose statistics
-are float32 as well (``kernels.stats_dtype``).
+are float32 as well (``kernel_contract.stats_dtype``).
 """
 
 import warnings
@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .kernels import SNKernels
+from .kernel_contract import SNKernels
 
 try:
     from sn_detection import _C

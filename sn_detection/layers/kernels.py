@@ -1,10 +1,10 @@
-"""Which code computes SN's full-size passes: the kernel contract, the plain kernels, the registry
-of fast ones, the switches and the status. This module is the only place that chooses.
+"""Which code computes SN's full-size passes: the registry of fast kernels, the switches, the
+self-check and the status. This module is the only place that chooses.
 
-SN makes four passes over full-size tensors (``SNKernels``); everything else is arithmetic on
-(N, C)-sized tensors (``mixer.py``). ``PLAIN_KERNELS`` (PyTorch ops, any device, dtype and layout)
-always work and are the oracle of the fast ones. Fast kernels are registered per device type:
-the C++/OpenMP CPU kernels (``cpu_kernels.py``, built by ``make setup``) and the Triton CUDA
+SN makes four passes over full-size tensors (the contract ``SNKernels`` and the plain PyTorch
+kernels ``PLAIN_KERNELS``, the oracle of the fast ones, are in ``kernel_contract.py``); everything
+else is arithmetic on (N, C)-sized tensors (``mixer.py``). Fast kernels are registered per device
+type: the C++/OpenMP CPU kernels (``cpu_kernels.py``, built by ``make setup``) and the Triton CUDA
 kernels (``triton_kernels.py``, when triton imports and a GPU is present). Both are loaded on the
 first call of :func:`select_kernels`, not as a side effect of importing the package.
 
@@ -27,87 +27,18 @@ import contextlib
 import logging
 import os
 import warnings
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from .kernel_contract import PLAIN_KERNELS, SNKernels, stats_dtype
 
 logger = logging.getLogger(__name__)
 
 FAST_KERNELS_ENV = "SN_DETECTION_FAST_KERNELS"
 COMPILE_ENV = "SN_DETECTION_COMPILE_MIXER"
 COMPILE_MODES = ("auto", "0", "1")
-
-
-def stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics are computed in float32 for half/bfloat16 inputs and in float64 for float64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-@dataclass(frozen=True)
-class SNKernels:
-    """The four full-size passes of SN. Each takes and returns tensors as documented below.
-
-    name: what the status, the warnings and the self-check results call these kernels.
-    moments(x) -> (mean, var): per-(n, c) mean and unbiased variance of an (N, C, H, W) tensor
-        with H*W > 0, (N, C) in ``stats_dtype(x.dtype)``; the variance of a single element
-        (H*W = 1) is 0; the variance is never negative.
-    apply(x, scale, shift) -> y: ``x * scale + shift`` with (N, C) scale/shift, y in x's dtype.
-    backward_reduce(dy, x) -> (sum(dy * x), sum(dy)) over H, W, each (N, C).
-    backward_apply(dy, x, a, b, c) -> ``dy * a + x * b + c`` with (N, C) a, b, c, in x's dtype.
-    supports(x) -> whether these kernels handle this tensor (device, dtype, layout).
-    """
-
-    name: str
-    moments: Callable[[Tensor], Tuple[Tensor, Tensor]]
-    apply: Callable[[Tensor, Tensor, Tensor], Tensor]
-    backward_reduce: Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
-    backward_apply: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
-    supports: Callable[[Tensor], bool]
-
-
-def _plane(t: Tensor) -> Tensor:
-    """(N, C) -> (N, C, 1, 1) for broadcasting over H, W."""
-    return t[:, :, None, None]
-
-
-def _plain_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
-    xs = x.to(stats_dtype(x.dtype)).flatten(2)
-    if xs.shape[2] == 1:
-        # unbiased variance of one element is undefined (NaN in the official code): use 0
-        return xs[:, :, 0].clone(), xs.new_zeros(xs.shape[:2])
-    var, mean = torch.var_mean(xs, dim=2, correction=1)
-    return mean, var
-
-
-def _plain_apply(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    if x.dtype == scale.dtype:
-        return torch.addcmul(_plane(shift), x, _plane(scale))
-    return torch.addcmul(_plane(shift), x.to(scale.dtype), _plane(scale)).to(x.dtype)
-
-
-def _plain_backward_reduce(dy: Tensor, x: Tensor) -> Tuple[Tensor, Tensor]:
-    dtype = stats_dtype(x.dtype)
-    dy, x = dy.to(dtype), x.to(dtype)
-    return (dy * x).sum(dim=(2, 3)), dy.sum(dim=(2, 3))
-
-
-def _plain_backward_apply(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-    dtype = a.dtype
-    return (torch.addcmul(_plane(c), x.to(dtype), _plane(b)) + dy.to(dtype) * _plane(a)).to(
-        x.dtype
-    )
-
-
-PLAIN_KERNELS = SNKernels(
-    name="plain",
-    moments=_plain_moments,
-    apply=_plain_apply,
-    backward_reduce=_plain_backward_reduce,
-    backward_apply=_plain_backward_apply,
-    supports=lambda x: True,
-)
 
 
 def _read_env(name: str, default: str, allowed: Tuple[str, ...]) -> str:
@@ -232,7 +163,7 @@ def self_check(kernels: SNKernels, device: torch.device, dtype: torch.dtype) -> 
             for name, run in passes.items():
                 try:
                     got = run(kernels)
-                except Exception as e:  # noqa: BLE001 - any failure means: do not use them
+                except Exception as e:  # any failure means: do not use them
                     return f"{name} failed on shape {shape}: {type(e).__name__}: {e}"
                 want = run(PLAIN_KERNELS)
                 got = got if isinstance(got, tuple) else (got,)

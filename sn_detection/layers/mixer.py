@@ -1,41 +1,13 @@
-"""SN's (N, C)-sized arithmetic: the BN-branch batch statistics and the mixer, each with a
-hand-derived backward.
+"""SN's (N, C)-sized arithmetic, each function with a hand-derived backward: the BN-branch
+batch statistics, summarised per process so that summaries of several processes combine exactly,
+and the mixer, which folds the IN/LN/BN statistics, their shares (softmax of the logits) and the
+affine parameters into a per-(n, c) ``scale`` and ``shift`` (SN's output is ``x * scale + shift``).
 
-Given the per-(n, c) mean ``m`` and unbiased variance ``v`` of the input (N samples, C channels):
-
-LN statistics, per sample::
-
-    m_L = mean_c m,    v_L = mean_c v + mean_c (m - m_L)^2
-
-BN statistics in training, per channel, over the samples of one or several processes: each
-process summarises its n samples as (n, mean_n m, M2 = sum_n [v + (m - mean_n m)^2])
-(``batch_summary``); summaries combine exactly, as in Chan et al.'s parallel variance
-(``combine_summaries``): N = sum n_k, m_B = sum n_k mean_k / N,
-M2 = sum M2_k + sum n_k (mean_k - m_B)^2; then v_B = M2 / N. With one process the combination
-is the identity. In eval mode (m_B, v_B) are the running statistics.
-
-The mixture and the affine transform, folded into a per-(n, c) scale and shift::
-
-    mu  = p_IN m + p_LN m_L + p_BN m_B                p = softmax(mean logits)
-    var = q_IN v + q_LN v_L + q_BN v_B                q = softmax(var logits)
-    scale = weight / sqrt(var + eps),  shift = bias - mu * scale
-
-so that SN's output is ``x * scale + shift``. The official code forms v_L and v_B as
-E[v + m^2] - mean^2, the same numbers in exact arithmetic (the law of total variance), which
-cancel catastrophically when a mean is far above the spread (float32, x = 1e4 + N(0, 1)); the
-forms above subtract only means from means, are never negative and need no clamp.
-
-Backward of the batch statistics: given G_mean, G_var, the gradients of the loss of *every*
-process with respect to (m_B, v_B) (summed over processes by the caller),
-``d/dm_n = G_mean / N + 2 G_var (m_n - m_B) / N`` and ``d/dv_n = G_var / N``
-(``batch_statistics_backward``); the terms through each process's own mean cancel because
-deviations from a mean sum to zero. The same holds for v_L over channels.
-
-All functions are plain tensor functions (no autograd graph). On CUDA they are compiled with
-``torch.compile`` (dynamic shapes) into a few fused kernels, since dozens of tiny launches per
-layer would cost more than the full-size passes; ``kernels.set_compile_mixer`` decides. The first
-call of a compiled function on a device and dtype is checked against the eager function; a
-compilation failure or a mismatch warns once and falls back to the eager functions for good.
+Plain tensor functions without an autograd graph; ``mix_forward`` is also TorchScript-scriptable
+(the portable path uses it). On CUDA they are compiled with ``torch.compile``
+(``kernels.set_compile_mixer``); a compiled function is checked once per device and dtype against
+the eager one, and a failure or mismatch warns once and runs eagerly for good. The formulas and
+their derivations are in docs/DESIGN.md.
 """
 
 import warnings
@@ -98,7 +70,8 @@ def batch_statistics_backward(
     grads: Tensor, m: Tensor, mean_bn: Tensor, count: Tensor
 ) -> Tuple[Tensor, Tensor]:
     """Gradients of (m, v) of this process's samples from ``grads`` = [G_mean (C), G_var (C)],
-    the gradients of every process's loss with respect to the BN statistics (module docstring)."""
+    the gradients of every process's loss with respect to the BN statistics:
+    ``G_mean / N + 2 G_var (m - m_B) / N`` and ``G_var / N`` for N samples in all."""
     c = mean_bn.shape[0]
     count = count.clamp(min=1)
     grad_mean, grad_var = grads[:c] / count, grads[c:] / count
@@ -119,9 +92,15 @@ def mix_forward(
     var_bn: Optional[Tensor],
     eps: float,
 ):
-    """The mixer's forward (module docstring); ``mean_bn``/``var_bn`` are the BN statistics to
-    use (batch or running; both None: no BN branch; a negative given variance counts as 0).
-    Returns (scale, shift, saved), with the fields of ``MixerSaved`` as a tuple."""
+    """The mixer's forward: with p, q the shares of the mean and variance logits and the LN
+    statistics ``m_L = mean_c m``, ``v_L = mean_c (v + (m - m_L)^2)``::
+
+        mu  = p_IN m + p_LN m_L + p_BN m_B,    var = q_IN v + q_LN v_L + q_BN v_B
+        scale = weight / sqrt(var + eps),      shift = bias - mu * scale
+
+    ``mean_bn``/``var_bn`` are the BN statistics to use (batch or running; both None: no BN
+    branch; a negative given variance counts as 0). Returns (scale, shift, saved), with the fields
+    of ``MixerSaved`` as a tuple."""
     dtype = m.dtype
     mean_ln = m.mean(dim=1, keepdim=True)
     var_ln = (v + (m - mean_ln).square()).mean(dim=1, keepdim=True)
@@ -129,8 +108,8 @@ def mix_forward(
     q = torch.softmax(var_logits.to(dtype), dim=0)
     mu = p[0] * m + p[1] * mean_ln
     var = q[0] * v + q[1] * var_ln
-    if mean_bn is not None:
-        mean_bn, var_bn = mean_bn.to(dtype), var_bn.to(dtype).clamp(min=0)
+    if mean_bn is not None and var_bn is not None:
+        mean_bn, var_bn = mean_bn.to(dtype), var_bn.to(dtype).clamp(min=0.0)
         mu = mu + p[2] * mean_bn
         var = var + q[2] * var_bn
     rstd = torch.rsqrt(var + eps)
@@ -228,7 +207,7 @@ class _Compiled:
             out = self.compiled(first, *args)
         except torch.OutOfMemoryError:
             raise  # not a compilation problem: keep compiling next time
-        except Exception as e:  # noqa: BLE001 - any compiler failure falls back to eager
+        except Exception as e:  # any compiler failure falls back to eager
             return self._fall_back(f"failed ({type(e).__name__}: {e})", first, args)
         key = (str(first.device), first.dtype)
         if key not in self.checked:

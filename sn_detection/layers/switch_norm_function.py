@@ -1,56 +1,34 @@
-"""The autograd core of Switchable Normalization: one autograd node per layer.
+"""The autograd core of Switchable Normalization: one autograd node per layer, with as many
+passes over the input as GroupNorm: forward computes the per-(n, c) moments (one pass), the
+(N, C)-sized mixer (``mixer.py``; in training with the BN branch's batch statistics combined over
+processes by a ``BatchReduction``) and ``y = x * scale + shift`` (one pass); backward makes one
+reduction pass over (dy, x) and one elementwise pass. Only x and (N, C)-sized tensors are kept
+for backward; double backward is refused with an error.
 
-SN needs no more passes over the input than GroupNorm does. Everything beyond the per-(n, c)
-moments is arithmetic on (N, C)-sized tensors (``mixer.py``, which states the formulas):
-
-forward
-    1. one pass over x: per-(n, c) mean and unbiased variance (``kernels.moments``);
-    2. in training, the BN branch's batch statistics: this process's ``batch_summary``, combined
-       over processes by the ``BatchReduction`` (the identity for one process; SyncSN gathers);
-    3. the mixer (``mix_forward``): IN/LN/BN statistics, their softmax-weighted mixture and the
-       affine parameters, folded into a per-(n, c) ``scale`` and ``shift``;
-    4. one pass: ``y = x * scale + shift`` (``kernels.apply``).
-backward
-    1. one reduction pass over (dy, x): ``sum(dy * x)`` and ``sum(dy)`` per (n, c)
-       (``kernels.backward_reduce``), the gradients of ``scale`` and ``shift``;
-    2. the mixer's backward (``mix_backward``): gradients of the parameters, of the per-(n, c)
-       mean and variance, and of the BN statistics; the latter are summed over processes by the
-       ``BatchReduction`` and turned into more gradient of the per-(n, c) moments
-       (``batch_statistics_backward``);
-    3. one elementwise pass: ``dx = dy * scale + x * c1 + c0`` (``kernels.backward_apply``), where
-       c1, c0 carry the gradients of the per-(n, c) mean and variance.
-
-Only x and (N, C)-sized tensors are kept for backward. Double backward is refused with an error.
-Which code runs the full-size passes is ``kernels.select_kernels``'s choice, in eager mode. Under a
-tracer, exporter or compiler, or for tensor subclasses (fake, functional and functorch tensors),
-the same formulas run as plain PyTorch operations instead, which those tools see through and
-autograd differentiates (the design and why: ``portable.py``):
-
-- ``torch.jit.trace`` and ``torch.export`` (and the ONNX exporters on them), BN branch from the
-  running statistics (eval mode, the frozen layer): ``portable.switch_norm_inference``, the
-  fast exportable inference path; ``torch.jit.script`` reaches it through the modules' forward;
-- ``torch.compile`` and training-mode traces: the plain kernels and the mixer, fused by inductor;
-- a BN branch that no tracer can follow (SyncSN synchronizing in training): an error under
-  ``torch.jit.trace``/``torch.export``; under ``torch.compile`` the layer runs eagerly (a graph
-  break), as it must to make its collectives.
+``kernels.select_kernels`` chooses the code of the full-size passes in eager mode. Under a tracer,
+exporter or compiler, or for tensor subclasses, the same formulas run as plain PyTorch operations
+(``portable.switch_norm_inference`` when the BN branch uses the running statistics under
+``torch.jit.trace``/``torch.export``); SyncSN synchronizing a training batch cannot be traced or
+exported (an error) and runs eagerly under ``torch.compile``. The pass plan: docs/DESIGN.md.
 """
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .kernels import PLAIN_KERNELS, SNKernels, select_kernels
-from .portable import switch_norm_inference
+from .kernel_contract import PLAIN_KERNELS, SNKernels
+from .kernels import select_kernels
 from .mixer import (
     MixerSaved,
+    batch_summary,
     compiled_batch_statistics_backward,
     compiled_batch_summary,
     compiled_mix_backward,
     compiled_mix_forward,
-    batch_summary,
     mix_forward,
     split_summary,
 )
+from .portable import switch_norm_inference
 
 
 class BatchReduction:

@@ -1,40 +1,16 @@
 """Triton kernels for the four full-size passes of SN on CUDA (``SNKernels`` "cuda-triton").
 
 ``kernels.py`` registers them for "cuda" (``default_kernels``) when triton imports and a GPU is
-present; without either SN runs on the plain PyTorch kernels. Inputs: contiguous
-(N, C, H, W) float32/bfloat16/float16 (statistics and arithmetic in float32, outputs in x's dtype)
-or float64 (all float64). ``supports`` says False for anything else, so the plain path takes over.
+present. Inputs: contiguous (N, C, H, W) float32/bfloat16/float16 (statistics and arithmetic in
+float32, outputs in x's dtype) or float64; ``supports`` says False for anything else, and the plain
+kernels take over. Reductions are deterministic (no atomics); ``moments`` sums deviations from each
+plane's first element, so a mean far above the spread does not cancel.
 
-Every pass sees x as N*C rows ("planes") of H*W contiguous elements and works on 2-D tiles of
-(ROWS planes) x (BLOCK columns), both powers of two: BLOCK = H*W rounded up to a power of two
-(at least 16, at most the tile), ROWS = the rest of the tile. Large planes (FPN levels: 128
-planes of 400*608) get one plane per tile; small planes (RoI heads: 262144 planes of 14*14) get
-many planes per tile, so no program is left with a few hundred elements. Loads are 16 bytes
-wide where H*W allows (a VEC hint tells the compiler the largest power of two dividing H*W).
-
-Reductions (``moments``, ``backward_reduce``) run over a 2-D grid (row tiles, chunks of H*W).
-Each program loops over its chunk, accumulating lane-wise in a (ROWS, BLOCK) register tile, and
-sums the lanes as a tree at the end. When there are too few row tiles to fill the GPU (few large
-planes), each plane is split into up to ``target_programs / row tiles`` chunks (but no chunk
-shorter than ``min_chunk``) that write (N*C, chunks) partial sums, and a second, tiny kernel adds
-them per plane; otherwise the first kernel writes the results directly. No atomics: results are
-deterministic. ``moments`` sums d = x - pivot and d*d, where the pivot is the plane's first
-element (as the C++ CPU kernel does), then mean = pivot + sum(d)/n and
-var = (sum(d*d) - sum(d)^2/n) / (n - 1): a mean much larger than the spread (1000 + N(0, 1))
-cancels exactly in x - pivot instead of in E[x^2] - E[x]^2. H*W = 1 gives var 0 exactly.
-``backward_reduce`` reads dy and x once; dy may have another float dtype than x (it is cast on
-load) and is made contiguous if it is not.
-
-Elementwise passes (``apply``, ``backward_apply``) run over (row tiles, column blocks): each
-program loads its planes' coefficients once and writes one tile (a grid-stride loop covers planes
-with more than 65535 column blocks, CUDA's limit on the second grid axis).
-
-Caveats: the launch sizes below are chosen from the memory-bound nature of the passes and the
-H100's 132 SMs, not tuned by measurement. The first call for each dtype and tile shape compiles
-a kernel (about a second; Triton caches it on disk). A pivot far out in the tail of its plane
-(hundreds of standard deviations) would cost variance digits, as in the C++ kernel. Tests run the
-kernels on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``, see
-``make_triton_kernels``) and compile them for sm_90 without running them.
+Caveats: the launch sizes are chosen from the passes being memory-bound and the H100's 132 SMs, not
+tuned by measurement; the first call per dtype and tile shape compiles a kernel (about a second,
+cached on disk). Tests run the kernels on CPU tensors under the Triton interpreter
+(``TRITON_INTERPRET=1``, see ``make_triton_kernels``). Tiling, chunking and the variance formula:
+docs/DESIGN.md.
 """
 
 import math
@@ -46,7 +22,7 @@ from typing import Iterable, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .kernels import SNKernels, stats_dtype
+from .kernel_contract import SNKernels, stats_dtype
 
 try:
     import triton

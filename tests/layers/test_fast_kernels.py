@@ -4,13 +4,13 @@ import copy
 
 import pytest
 import torch
+
+from sn_detection.layers import kernels, select_kernels
+from sn_detection.layers.cpu_kernels import CPU_KERNELS
+from sn_detection.layers.kernel_contract import PLAIN_KERNELS
 from sn_detection.testing import forward_backward, gradcheck_layer, random_sn, reference_step
 
 pytest.importorskip("sn_detection._C", reason="the C++ kernels are not built (run `make setup`)")
-
-from sn_detection.layers import kernels, select_kernels  # noqa: E402
-from sn_detection.layers.cpu_kernels import CPU_KERNELS  # noqa: E402
-from sn_detection.layers.kernels import PLAIN_KERNELS  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64]
 # (N, C, H, W): odd sizes (vector tails), H*W = 1, an empty batch, small and multi-chunk planes
