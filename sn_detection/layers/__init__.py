@@ -1,9 +1,9 @@
 """Normalization layers: SN, its frozen and synchronized forms, and the norm registry.
 
 Where to look: the math of the (N, C)-sized statistics in ``mixer.py``; the autograd core in
-``switch_norm_function.py``; which code runs the full-size passes (and how to force the plain
-PyTorch path) in ``kernels.py``; the modules in ``switch_norm.py`` and ``sync_switch_norm.py``;
-norm names in ``norm.py``.
+``switch_norm_function.py``; the contract of the full-size passes and the plain kernels in
+``kernel_contract.py``; which code runs them (and how to force the plain path) in ``kernels.py``;
+the modules in ``switch_norm.py`` and ``sync_switch_norm.py``; norm names in ``norm.py``.
 """
 from .kernels import (
     SNKernels,
@@ -15,7 +15,7 @@ from .kernels import (
     unregister_kernels,
 )
 from .norm import NORMS, get_norm, norm_factory, register_norm, valid_norm_names
-from .switch_norm import FrozenSwitchNorm2d, SwitchNorm2d, named_switch_norms
+from .switch_norm import FrozenSwitchNorm2d, SwitchNorm2d, named_switch_norms, nonfinite_batches
 from .sync_switch_norm import SyncSwitchNorm2d
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "FrozenSwitchNorm2d",
     "SyncSwitchNorm2d",
     "named_switch_norms",
+    "nonfinite_batches",
     "NORMS",
     "get_norm",
     "norm_factory",

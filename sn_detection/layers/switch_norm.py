@@ -1,5 +1,6 @@
 """Switchable Normalization (Luo et al., ICLR 2019) for 4-D feature maps: the trainable layer and
 its frozen form."""
+import warnings
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
@@ -35,7 +36,7 @@ def _empty_input_output(
 
 class _SwitchNormBase(nn.Module):
     """What SwitchNorm2d and FrozenSwitchNorm2d share: the input checks, the empty-input rule, the
-    state-dict versions, ``importance()`` and the forward skeleton. Subclasses hold ``weight``,
+    state-dict versions, ``shares()`` and the forward skeleton. Subclasses hold ``weight``,
     ``bias``, ``mean_weight``, ``var_weight`` (and ``running_mean``/``running_var`` with the BN
     branch) as parameters or buffers, and say where the BN branch takes its statistics from."""
 
@@ -135,13 +136,23 @@ class _SwitchNormBase(nn.Module):
     def _update_running_stats(self, mean_bn: Tensor, var_bn: Tensor, count: Tensor) -> None:
         raise NotImplementedError
 
-    def importance(self) -> Dict[str, Dict[str, float]]:
-        """The current mixture weights (softmax of the logits), e.g. {"mean": {"IN": 0.2, ...},
-        "var": {...}}; no "BN" entry without the BN branch."""
+    def shares(self) -> Dict[str, Dict[str, float]]:
+        """The current shares of the branches (softmax of the logits ``mean_weight`` and
+        ``var_weight``), e.g. {"mean": {"IN": 0.2, ...}, "var": {...}}; no "BN" entry without the
+        BN branch."""
         return {
             kind: dict(zip(BRANCHES, torch.softmax(logits.detach().float(), 0).tolist()))
             for kind, logits in (("mean", self.mean_weight), ("var", self.var_weight))
         }
+
+    def importance(self) -> Dict[str, Dict[str, float]]:
+        """Deprecated name of :meth:`shares`."""
+        warnings.warn(
+            f"{type(self).__name__}.importance() is deprecated: call shares() (same result)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.shares()
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -176,6 +187,11 @@ class SwitchNorm2d(_SwitchNormBase):
     dedicated statistics pass); the count of batches (``num_batches``) is saved with the model,
     so the average continues after a reload.
 
+    A training batch whose BN-branch statistics are not all finite (a NaN or inf in the input)
+    leaves the running statistics (and ``num_batches``) unchanged, decided on the device without a
+    host sync; the buffer ``nonfinite_updates`` (not saved with the model) counts such batches, and
+    :func:`nonfinite_batches` reads the counts of a whole model at once.
+
     Caveats, where the official code gives NaN: a single spatial element (H*W = 1) has IN variance
     0; an input with no element (N = 0 or H*W = 0) returns an empty output that keeps autograd
     connected and leaves the running statistics untouched. Under autocast the statistics are
@@ -207,12 +223,17 @@ class SwitchNorm2d(_SwitchNormBase):
             self.register_buffer("running_var", torch.zeros(num_features))
             # batches averaged so far, for using_moving_average=False
             self.register_buffer("num_batches", torch.zeros((), dtype=torch.long))
+            # training batches whose statistics were not finite, so did not update the above
+            self.register_buffer(
+                "nonfinite_updates", torch.zeros((), dtype=torch.long), persistent=False
+            )
 
     def reset_running_stats(self) -> None:
         if self.using_bn:
             self.running_mean.zero_()
             self.running_var.zero_()
             self.num_batches.zero_()
+            self.nonfinite_updates.zero_()
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
@@ -228,14 +249,21 @@ class SwitchNorm2d(_SwitchNormBase):
 
     @torch.no_grad()
     def _update_running_stats(self, mean_bn: Tensor, var_bn: Tensor, count: Tensor) -> None:
-        seen = (count > 0).to(self.running_mean.dtype)  # a globally empty batch changes nothing
+        finite = torch.isfinite(mean_bn).all() & torch.isfinite(var_bn).all()
+        nonempty = count > 0  # a globally empty batch changes nothing
+        self.nonfinite_updates += (nonempty & ~finite).to(self.nonfinite_updates.dtype)
+        # a skipped batch's statistics are replaced by the running ones: lerp(a, a, w) is a,
+        # where a rate of 0 alone would give 0 * NaN = NaN
+        seen = (nonempty & finite).to(self.running_mean.dtype)
+        mean_bn = torch.where(finite, mean_bn.to(self.running_mean.dtype), self.running_mean)
+        var_bn = torch.where(finite, var_bn.to(self.running_var.dtype), self.running_var)
         if self.using_moving_average:
             rate = self.momentum * seen
         else:
             self.num_batches += seen.to(self.num_batches.dtype)
             rate = seen / self.num_batches.clamp(min=1).to(seen.dtype)
-        self.running_mean.lerp_(mean_bn.to(self.running_mean.dtype), rate)
-        self.running_var.lerp_(var_bn.to(self.running_var.dtype), rate)
+        self.running_mean.lerp_(mean_bn, rate)
+        self.running_var.lerp_(var_bn, rate)
 
     def extra_repr(self) -> str:
         return (
@@ -316,3 +344,21 @@ def named_switch_norms(model: nn.Module) -> Iterator[Tuple[str, _SwitchNormBase]
     for name, module in model.named_modules():
         if isinstance(module, _SwitchNormBase):
             yield name, module
+
+
+def nonfinite_batches(model: nn.Module) -> Dict[str, int]:
+    """{layer name: training batches whose BN-branch statistics were not finite, so did not
+    update its running statistics} for every SwitchNorm2d (and SyncSwitchNorm2d) of ``model``
+    that skipped one; empty when none did. Counts are kept since construction or
+    ``reset_running_stats()``, not in checkpoints. Reads all counters with one host transfer per
+    device: meant for a periodic check (e.g. every 20 iterations), not for every step."""
+    counters: Dict[torch.device, Dict[str, Tensor]] = {}
+    for name, layer in named_switch_norms(model):
+        counter = getattr(layer, "nonfinite_updates", None)
+        if isinstance(counter, Tensor):
+            counters.setdefault(counter.device, {})[name] = counter
+    counts: Dict[str, int] = {}
+    for on_device in counters.values():
+        values = torch.stack(list(on_device.values())).tolist()
+        counts.update(zip(on_device, values))
+    return {name: counts[name] for name, _ in named_switch_norms(model) if counts.get(name)}

@@ -4,9 +4,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .mixer import combine_summaries
 from .switch_norm import SwitchNorm2d
 from .switch_norm_function import BatchNormSource, BatchReduction
-from .mixer import combine_summaries
 
 
 def _world_size() -> int:
@@ -123,6 +123,8 @@ class SyncSwitchNorm2d(SwitchNorm2d):
                 using_bn=module.using_bn,
             )
             plain.load_state_dict(module.state_dict())
+            if module.using_bn:
+                plain.nonfinite_updates.copy_(module.nonfinite_updates)
             plain = plain.to(device=module.weight.device, dtype=module.weight.dtype)
             for name, param in plain.named_parameters():
                 param.requires_grad_(getattr(module, name).requires_grad)

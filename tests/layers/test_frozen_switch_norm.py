@@ -3,15 +3,12 @@ import torch
 from torch import nn
 
 from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d
+from sn_detection.layers.switch_norm import BRANCHES
+from sn_detection.testing import random_sn
 
 
 def _trained_sn(channels, using_bn=True):
-    m = SwitchNorm2d(channels, using_bn=using_bn, momentum=0.5)
-    with torch.no_grad():
-        m.weight.normal_()
-        m.bias.normal_()
-        m.mean_weight.normal_()
-        m.var_weight.normal_()
+    m = random_sn(channels, using_bn, torch.float32, seed=channels)
     for _ in range(3):
         m(torch.randn(4, channels, 5, 5) * 2 + 1)
     return m
@@ -56,11 +53,11 @@ def test_frozen_state_dict_matches_sn_state_dict():
         assert torch.equal(sn_state[k], v)
 
 
-def test_frozen_layer_reports_the_importance_it_was_frozen_with():
+def test_frozen_layer_reports_the_shares_it_was_frozen_with():
     sn = _trained_sn(4)
     frozen = FrozenSwitchNorm2d.convert_frozen_switchnorm(_copy(sn))
-    assert frozen.importance() == sn.importance()
-    assert set(frozen.importance()["var"]) == {"IN", "LN", "BN"}
+    assert frozen.shares() == sn.shares()
+    assert set(frozen.shares()["var"]) == set(BRANCHES)
 
 
 def _copy(m):

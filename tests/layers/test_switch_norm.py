@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d, kernels
+from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d, kernels, nonfinite_batches
 from sn_detection.testing import gradcheck_layer, random_sn, switch_norm_reference
 
 
@@ -249,9 +249,12 @@ def test_state_dict_keys_and_shapes():
 def test_loads_official_tensor_layout():
     src = random_sn(channels=4, dtype=torch.float32)
     official = {
-        "weight": src.weight.detach().view(1, 4, 1, 1), "bias": src.bias.detach().view(1, 4, 1, 1),
-        "running_mean": src.running_mean.view(1, 4, 1), "running_var": src.running_var.view(1, 4, 1),
-        "mean_weight": src.mean_weight.detach(), "var_weight": src.var_weight.detach(),
+        "weight": src.weight.detach().view(1, 4, 1, 1),
+        "bias": src.bias.detach().view(1, 4, 1, 1),
+        "running_mean": src.running_mean.view(1, 4, 1),
+        "running_var": src.running_var.view(1, 4, 1),
+        "mean_weight": src.mean_weight.detach(),
+        "var_weight": src.var_weight.detach(),
     }
     dst = SwitchNorm2d(4)
     dst.load_state_dict(official)
@@ -275,11 +278,69 @@ def test_bad_input_errors_name_the_problem():
         SwitchNorm2d(3)(torch.ones(2, 3, 4, 4, dtype=torch.long))
 
 
-def test_importance_and_repr():
+def test_shares_and_repr():
     m = SwitchNorm2d(3)
-    imp = m.importance()
-    assert imp["mean"] == pytest.approx({"IN": 1 / 3, "LN": 1 / 3, "BN": 1 / 3})
+    assert m.shares()["mean"] == pytest.approx({"IN": 1 / 3, "LN": 1 / 3, "BN": 1 / 3})
     assert "using_bn=True" in repr(m) and "momentum=0.01" in repr(m)
+
+
+def test_importance_is_a_deprecated_alias_of_shares():
+    m = random_sn(channels=3)
+    with pytest.warns(DeprecationWarning, match="shares"):
+        assert m.importance() == m.shares()
+
+
+def _nan_batch(channels=3):
+    x = torch.randn(2, channels, 4, 4)
+    x[1, 0, 2, 3] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("moving_average", [True, False])
+def test_nonfinite_batch_leaves_running_stats_unchanged(moving_average):
+    m = SwitchNorm2d(3, momentum=0.5, using_moving_average=moving_average)
+    m(torch.randn(2, 3, 4, 4) + 1)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    for bad in (_nan_batch(), torch.full((2, 3, 4, 4), float("inf"))):
+        m(bad)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all()
+
+
+@pytest.mark.parametrize("moving_average", [True, False])
+def test_finite_batches_after_a_nonfinite_one_update_as_if_it_never_came(moving_average):
+    batches = [torch.randn(2, 3, 4, 4) * (i + 1) + i for i in range(2)]
+    skipped, clean = (SwitchNorm2d(3, using_moving_average=moving_average) for _ in range(2))
+    skipped(batches[0]), skipped(_nan_batch()), skipped(batches[1])
+    clean(batches[0]), clean(batches[1])
+    for k, v in clean.state_dict().items():
+        torch.testing.assert_close(skipped.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_nonfinite_batches_counts_skipped_batches_per_layer():
+    model = nn.Sequential(SwitchNorm2d(3), nn.Sequential(SwitchNorm2d(3)), FrozenSwitchNorm2d(3))
+    assert nonfinite_batches(model) == {}
+    model(_nan_batch())
+    model[0](torch.randn(2, 3, 4, 4))
+    model[0](_nan_batch())
+    model.eval()(_nan_batch())  # eval mode uses the running statistics: nothing to skip
+    assert nonfinite_batches(model) == {"0": 2, "1.0": 1}
+    model[0].reset_running_stats()
+    assert nonfinite_batches(model) == {"1.0": 1}
+
+
+def test_skipping_a_nonfinite_batch_takes_no_host_value(monkeypatch):
+    m = SwitchNorm2d(3, momentum=0.5)
+
+    def refuse(*args):
+        raise AssertionError("a host value was read in SN's forward")
+
+    for name in ("item", "tolist", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    m(_nan_batch())
+    monkeypatch.undo()
+    assert m.nonfinite_updates.item() == 1 and torch.equal(m.running_mean, torch.zeros(3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

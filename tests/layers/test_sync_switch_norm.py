@@ -12,11 +12,10 @@ from typing import Dict, List, Sequence
 import pytest
 import torch
 import torch.distributed as dist
-from sn_detection.testing import run_distributed
 from torch import nn
 
 from sn_detection.layers import SwitchNorm2d, SyncSwitchNorm2d
-from sn_detection.testing import count_collectives
+from sn_detection.testing import count_collectives, random_sn, run_distributed
 
 C, H, W = 3, 5, 4
 STEPS = 2  # two training steps: the running statistics see two updates
@@ -25,13 +24,9 @@ DDP_SPLIT = (1, 3)
 
 
 def _init_params(layer: SwitchNorm2d, seed: int = 0) -> SwitchNorm2d:
-    """Non-trivial, seeded parameters (the same in every process), in float64."""
+    """``random_sn``'s parameters and statistics (the same in every process), in float64."""
     layer = layer.double()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in (layer.weight, layer.bias, layer.mean_weight, layer.var_weight):
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-        layer.weight.add_(2.0)
+    layer.load_state_dict(random_sn(layer.num_features, layer.using_bn, seed=seed).state_dict())
     return layer
 
 
@@ -97,10 +92,11 @@ def test_two_processes_equal_one_switchnorm_on_all_samples(two_process, split):
 
 def test_all_processes_empty_batch_leaves_running_stats_untouched(two_process):
     ranks = two_process("train(0, 0)")
+    initial = _init_params(SyncSwitchNorm2d(C, momentum=0.1))
     for r in ranks:
         assert all(y.shape == (0, C, H, W) for y in r["y"])
-        assert torch.count_nonzero(r["buffers"]["running_mean"]) == 0
-        assert torch.count_nonzero(r["buffers"]["running_var"]) == 0
+        for name, buffer in initial.named_buffers():
+            assert torch.equal(r["buffers"][name], buffer), name
         assert all(torch.isfinite(g).all() for g in r["grad"].values())
 
 
@@ -326,6 +322,30 @@ def test_a_process_with_an_empty_spatial_map_takes_part_and_adds_nothing(two_pro
             torch.testing.assert_close(r["buffers"][name], buf, msg=name)
 
 
+def _nonfinite_worker(rank: int, world_size: int) -> Dict[str, object]:
+    """A NaN in rank 1's batch only, then a finite batch on both ranks."""
+    layer = _init_params(SyncSwitchNorm2d(C, momentum=0.5))
+    first = {name: b.clone() for name, b in layer.named_buffers()}
+    x = _batches(2)[0]["x"][rank : rank + 1].clone()
+    if rank == 1:
+        x[0, 0, 0, 0] = float("nan")
+    layer(x)
+    after_nan = {name: b.clone() for name, b in layer.named_buffers()}
+    layer(_batches(2)[1]["x"][rank : rank + 1])
+    return {"first": first, "after_nan": after_nan, "running_mean": layer.running_mean.clone()}
+
+
+def test_a_nonfinite_batch_on_one_process_is_skipped_by_every_process(two_process):
+    ranks = two_process("nonfinite")
+    for r in ranks:
+        for name in ("running_mean", "running_var", "num_batches"):
+            assert torch.equal(r["after_nan"][name], r["first"][name]), name
+        assert r["after_nan"]["nonfinite_updates"] == 1
+        assert not torch.equal(r["running_mean"], r["first"]["running_mean"])
+        assert torch.isfinite(r["running_mean"]).all()
+    torch.testing.assert_close(ranks[0]["running_mean"], ranks[1]["running_mean"])
+
+
 # name -> (worker, extra arguments); each worker runs as worker(rank, world_size, *arguments)
 SCENARIOS = {
     "train(1, 3)": (_sync_train_worker, ((1, 3),)),
@@ -338,6 +358,7 @@ SCENARIOS = {
     "ddp": (_ddp_worker, (DDP_SPLIT,)),
     "offsets": (_offset_worker, ()),
     "empty map": (_empty_map_worker, ()),
+    "nonfinite": (_nonfinite_worker, ()),
 }
 
 
