@@ -13,6 +13,8 @@ SyncSN runs in one process, where it equals SN; it shows the cost of the wrapper
 
     .venv/bin/python benchmarks/bench_model.py                 # CPU, 320x480 images, 2 threads
     .venv/bin/python benchmarks/bench_model.py --device cuda   # 800x1333 images
+
+``--opts KEY VALUE ...`` overrides config keys of every model (the smoke test samples fewer RoIs).
 """
 import argparse
 import json
@@ -78,6 +80,7 @@ def run_one(norm: str, args) -> dict:
     cfg.merge_from_list(
         ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, "SOLVER.BASE_LR", "0.0001"]
     )
+    cfg.merge_from_list(args.opts)
     torch.manual_seed(0)
     model = build_model(cfg).train()
     optimizer = build_sn_optimizer(cfg, model)
@@ -117,6 +120,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch)")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="image size (default: 320 480 on CPU, 800 1333 on CUDA)")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
+                        help="config overrides for every model, e.g. fewer RoIs for a smoke run")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
     args.size = args.size or ([320, 480] if args.device == "cpu" else [800, 1333])
@@ -129,7 +134,8 @@ def main() -> None:
     for norm in args.norms:
         cmd = [sys.executable, __file__, "--one", norm, "--device", args.device,
                "--iters", str(args.iters), "--warmup", str(args.warmup),
-               "--threads", str(args.threads), "--size", *map(str, args.size)]
+               "--threads", str(args.threads), "--size", *map(str, args.size),
+               "--opts", *args.opts]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"{norm} failed:\n{proc.stderr[-3000:]}")
@@ -137,10 +143,14 @@ def main() -> None:
         print(f"  measured {norm}", file=sys.stderr, flush=True)
 
     ref = next((r for r in results if r["norm"] == "GN"), results[0])
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
+    cuda = args.device == "cuda"
+    device = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads} threads"
+    overrides = f"; overrides: {' '.join(args.opts)}" if args.opts else ""
     print(f"Mask R-CNN R50-FPN, 2 images of {args.size[0]}x{args.size[1]}, {device}, "
-          f"torch {torch.__version__}; median of {args.iters} iterations after {args.warmup}")
-    print(f"{'norm':<10}{'s/iter':>10}{'vs ' + ref['norm']:>10}{'peak MiB':>12}{'vs ' + ref['norm']:>10}")
+          f"torch {torch.__version__}; median of {args.iters} iterations after {args.warmup}"
+          f"{overrides}")
+    vs = "vs " + ref["norm"]
+    print(f"{'norm':<10}{'s/iter':>10}{vs:>10}{'peak MiB':>12}{vs:>10}")
     for r in results:
         print(f"{r['norm']:<10}{r['median_s']:>10.3f}{r['median_s'] / ref['median_s']:>10.2f}"
               f"{r['peak_mb']:>12.0f}{r['peak_mb'] / ref['peak_mb']:>10.2f}")

@@ -4,15 +4,16 @@ Starts ``--world-size`` CPU processes on the gloo backend (one thread each) and 
 Mask R-CNN-like shapes (per process), scaled down by default; ``--full`` uses the full sizes
 (2 images of 800x1216 per process, 512 box and 128 mask RoIs), ``--quick`` tiny ones for a smoke
 run. Reports the median wall time of forward and of forward+backward (slowest rank per
-iteration), the cost of synchronizing (SyncSN over SN, the sync BN over BatchNorm2d), and the calls of torch.distributed collectives per layer in one steady-state
-iteration (after the first), forward and backward separately.
+iteration), the cost of synchronizing (SyncSN over SN, the sync BN over BatchNorm2d), and the
+calls of torch.distributed collectives per layer in one steady-state iteration (after the first),
+forward and backward separately.
 
 torch's ``nn.SyncBatchNorm`` refuses CPU tensors; the script says so and compares against
 detectron2's ``NaiveSyncBatchNorm(stats_mode="N")`` (count-weighted, like SyncSN) instead.
 
     python benchmarks/bench_sync.py            # scaled-down shapes
     python benchmarks/bench_sync.py --full     # Mask R-CNN sizes (slow on CPU)
-    python benchmarks/bench_sync.py --quick    # seconds; what tests/tools/test_bench_sync_smoke.py runs
+    python benchmarks/bench_sync.py --quick    # seconds (the smoke test runs this)
 """
 
 import argparse

@@ -219,7 +219,8 @@ _COMPILED_CHECK = """
 import warnings
 import torch
 from torch._dynamo.utils import counters
-from sn_detection.layers import SwitchNorm2d, kernels, mixer
+from sn_detection.layers import kernels, mixer
+from sn_detection.testing import random_sn
 
 warnings.simplefilter("error")  # a fallback to eager would warn: make it fail instead
 torch.manual_seed(0)
@@ -228,10 +229,7 @@ torch.manual_seed(0)
 def run(channel_counts, batch_sizes):
     for using_bn in (True, False):
         for channels in channel_counts:
-            layer = SwitchNorm2d(channels, using_bn=using_bn).double()
-            with torch.no_grad():
-                layer.mean_weight.copy_(torch.randn(layer.mean_weight.shape))
-                layer.var_weight.copy_(torch.randn(layer.var_weight.shape))
+            layer = random_sn(channels, using_bn, torch.float64, seed=channels)
             for training in (True, False):  # batch statistics; running statistics
                 layer.train(training)
                 for n in batch_sizes:
