@@ -46,7 +46,8 @@ def read_metrics_json(path: str) -> List[Record]:
         iteration = record["iteration"]
         if not isinstance(iteration, int) or isinstance(iteration, bool):
             raise AnalysisError(
-                f"{path} line {number}: iteration is {iteration!r}, not a whole number: {_FORMAT}"
+                f"{path} line {number}: iteration is {json.dumps(iteration)}, not a whole number: "
+                f"{_FORMAT}"
             )
         records.append(record)
     records.sort(key=lambda r: r["iteration"])
@@ -56,7 +57,8 @@ def read_metrics_json(path: str) -> List[Record]:
 def _number(value: Any, key: str, record: Record, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise AnalysisError(
-            f"{path}: {key} of iteration {record['iteration']} is {value!r}, not a number: "
+            f"{path}: {key} of iteration {record['iteration']} is {json.dumps(value)}, not a "
+            "number: "
             f"{_FORMAT}"
         )
     return float(value)

@@ -408,9 +408,12 @@ def test_a_write_that_fails_keeps_the_files_of_the_previous_run(tmp_path, detect
 @pytest.mark.parametrize(
     "line, message",
     [
-        ('{"iteration": null, "sn/stem/mean_IN": 0.3}', "line 1: iteration is None, not a whole"),
-        ('{"iteration": "abc", "sn/stem/mean_IN": 0.3}', "line 1: iteration is 'abc'"),
-        ('{"iteration": 19, "sn/stem/mean_IN": "0.3"}', "sn/stem/mean_IN of iteration 19 is '0.3'"),
+        ('{"iteration": null, "sn/stem/mean_IN": 0.3}', "line 1: iteration is null, not a whole"),
+        ('{"iteration": "abc", "sn/stem/mean_IN": 0.3}', 'line 1: iteration is "abc"'),
+        (
+            '{"iteration": 19, "sn/stem/mean_IN": "0.3"}',
+            'sn/stem/mean_IN of iteration 19 is "0.3", not a number',
+        ),
         ("[1, 2", "line 1 is not JSON"),
     ],
 )
