@@ -55,9 +55,6 @@ def strip_module_prefix(state: Mapping) -> Dict[str, Any]:
     return dict(state)
 
 
-_strip_module = strip_module_prefix  # the name sn_detection.analysis.shares still imports
-
-
 def _classifier_state(obj: Any) -> Optional[Dict[str, Any]]:
     """The state dict (``module.`` stripped) of an ImageNet classifier checkpoint, else None:
     a ``{'state_dict': ...}`` training checkpoint, or a bare state dict with torchvision-style

@@ -31,6 +31,7 @@ from sn_detection.testing import (
     CONFIGS,
     REPO,
     OfficialResNet,
+    OfficialSN,
     load_config,
     load_script,
     run_with_file_size_limit,
@@ -128,6 +129,8 @@ def test_conversion_maps_every_tensor_flattens_norms_and_drops_fc(official):
     state = model.state_dict()
     assert len(conversion.mapping) == len(state) - 2
     assert [k for k, _ in conversion.dropped] == ["fc.bias", "fc.weight"]
+    sn_layers = sum(isinstance(m, OfficialSN) for m in model.modules())
+    assert sum(k.endswith(".mean_weight") for k in conversion.state) == sn_layers
     ours = conversion.state
     c = PLANES * 4
     assert ours["backbone.bottom_up.res2.0.shortcut.norm.running_var"].shape == (c,)
