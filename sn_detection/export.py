@@ -398,8 +398,9 @@ def export_from_config(
     allow_partial_weights: bool = False,
 ) -> str:
     """Build the model of ``cfg``, load ``MODEL.WEIGHTS`` (:func:`load_weights`) and export it as
-    :func:`export` does, with :func:`sample_image` of ``image_path`` as the example input; every
-    input is checked before the model is built. Returns the written file."""
+    :func:`export` does, with :func:`sample_image` of ``image_path`` as the example input. The
+    method, the output folder, that there are weights and the image are checked before the model
+    is built. Returns the written file."""
     check_method(method, fmt)
     check_output_dir(output_dir)
     _require_weights(cfg.MODEL.WEIGHTS)

@@ -119,19 +119,23 @@ def random_sn(channels=6, using_bn=True, dtype=torch.float64, seed=0):
     return m
 
 
-def randomize_sn_state(model: torch.nn.Module) -> torch.nn.Module:
-    """Random running statistics and importance logits for every SwitchNorm2d of a whole model
-    (in place), so that a model with random weights tests more than SN's initial state; the
-    statistics stay near what conv features of the initial weights give."""
-    from sn_detection.layers import SwitchNorm2d
+def randomize_sn_state(model: torch.nn.Module, affine: bool = False) -> torch.nn.Module:
+    """Random running statistics and logits (with ``affine``, also weight and bias) for every SN
+    layer of a whole model, trainable, synchronized or frozen (in place), so that a model with
+    random weights tests more than SN's initial state; the statistics stay near what conv
+    features of the initial weights give."""
+    from sn_detection.layers import named_switch_norms
 
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, SwitchNorm2d):
+        for _, m in named_switch_norms(model):
+            if m.using_bn:
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
-                m.mean_weight.normal_()
-                m.var_weight.normal_()
+            m.mean_weight.normal_()
+            m.var_weight.normal_()
+            if affine:
+                m.weight.normal_()
+                m.bias.normal_()
     return model
 
 

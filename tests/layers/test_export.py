@@ -1,7 +1,9 @@
 """SN under tracers, exporters, scripting and torch.compile: the portable path, never a silently
 wrong graph."""
+
 import pytest
 import torch
+from detectron2.export.torchscript_patch import freeze_training_mode
 from torch import nn
 
 from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d, SyncSwitchNorm2d, kernels
@@ -13,7 +15,7 @@ from sn_detection.layers.portable import (
     switch_norm_inference,
 )
 from sn_detection.layers.switch_norm_function import BatchReduction, switch_norm
-from sn_detection.testing import random_sn
+from sn_detection.testing import random_sn, randomize_sn_state
 
 LAYERS = (SwitchNorm2d, FrozenSwitchNorm2d, SyncSwitchNorm2d)
 
@@ -22,20 +24,13 @@ def _small_model(cls=SwitchNorm2d, using_bn=True, seed=0):
     """conv -> SN -> ReLU -> conv -> SN with random SN parameters and statistics, in eval mode."""
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), cls(8, using_bn=using_bn), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), cls(8, using_bn=using_bn),
+        nn.Conv2d(3, 8, 3, padding=1),
+        cls(8, using_bn=using_bn),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        cls(8, using_bn=using_bn),
     )
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (SwitchNorm2d, FrozenSwitchNorm2d)):
-                m.weight.normal_()
-                m.bias.normal_()
-                m.mean_weight.normal_()
-                m.var_weight.normal_()
-                if using_bn:
-                    m.running_mean.normal_()
-                    m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+    return randomize_sn_state(model, affine=True).eval()
 
 
 INPUTS = (torch.randn(2, 3, 10, 12), torch.randn(3, 3, 17, 9), torch.randn(1, 3, 5, 7))
@@ -119,8 +114,7 @@ def test_portable_inference_gradcheck_in_float64():
     m = random_sn(4).eval()
     x = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
     params = [
-        p.detach().clone().requires_grad_()
-        for p in (m.weight, m.bias, m.mean_weight, m.var_weight)
+        p.detach().clone().requires_grad_() for p in (m.weight, m.bias, m.mean_weight, m.var_weight)
     ]
 
     def fn(x, *params):
@@ -230,9 +224,6 @@ def test_scripted_frozen_layer_runs_in_training_mode():
 @pytest.mark.parametrize("cls", [SwitchNorm2d, FrozenSwitchNorm2d])
 def test_layers_script_under_detectron2s_scripting_patches(cls):
     # scripting_with_instances gives each module class a new __annotations__ (only "training")
-    pytest.importorskip("detectron2")
-    from detectron2.export.torchscript_patch import freeze_training_mode
-
     model = _small_model(cls)
     with freeze_training_mode(model):
         scripted = torch.jit.script(model)
