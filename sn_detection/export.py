@@ -1,25 +1,11 @@
 """Export of SN models for deployment: what ``tools/deploy/export_model.py`` runs.
 
-SN layers need no special handling beyond eval mode: traced, scripted, exported or converted to
-ONNX they run the portable inference path, so the files hold only aten (and torchvision) operators
-and run where sn_detection is not installed. SyncSN layers are exported as SN.
-
-Methods (the names of detectron2's tool) and what each writes:
-
-- ``tracing``: ``torch.jit.trace`` of detectron2's ``TracingAdapter`` (``model.ts``) or ONNX of
-  the same adapter (``model.onnx``, opset 17, dynamic height and width). The whole model; input
-  one (3, H, W) image in ``INPUT.FORMAT``, already resized; output the flattened fields of the
-  ``Instances`` (R-CNN: before ``detector_postprocess``, 28x28 RoI masks).
-- ``scripting``: detectron2's ``scripting_with_instances`` (``model.ts``); input
-  ``({"image": tensor},)``, output a list of dicts of the fields.
-- ``torch_export``: ``torch.export`` (``model.pt2``) of pixel normalisation and the backbone with
-  its FPN only (the rest of detectron2's models has data-dependent control flow); input a
-  (N, 3, H, W) batch, H and W multiples of the size divisibility; output the feature dict.
-- ``caffe2_tracing``: refused (Caffe2 left PyTorch).
-
-Files are written whole or not at all (:func:`~sn_detection.utils.file_io.atomic_save`). Bad input
-(method, weights, output folder, sample image) raises :class:`ExportError`, one line that says
-what to do instead.
+In eval mode SN layers export as plain aten operators (the portable path), so the files run
+without sn_detection; SyncSN exports as SN. Methods, as detectron2's tool names them: ``tracing``
+(``model.ts``, or ``model.onnx`` with ``--format onnx``), ``scripting`` (``model.ts``) and
+``torch_export`` (``model.pt2``: normalisation, backbone and FPN only); docs/DEPLOYMENT.md says
+what each file takes and returns. Files are written whole or not at all; bad input raises
+:class:`ExportError` or :class:`CheckpointError`, one line saying what to do instead.
 """
 
 import io

@@ -1,17 +1,10 @@
 """Reading checkpoint files without running code, whatever their format.
 
-Unpickling can call any function a file names, so a weights file from an untrusted source could
-run code as it is read. Every reader here admits only what weights files hold:
-
-- ``torch.save`` files (recognised by their first bytes, whatever the suffix) are read with
-  ``torch.load(weights_only=True)``, always passed explicitly;
-- other files are read as plain pickles (detectron2's model-zoo ``.pkl``, Detectron's
-  ``{'blobs': ...}``) by :class:`WeightsUnpickler`, which admits only dicts, lists, tuples,
-  strings, numbers, ``collections.OrderedDict`` and numpy arrays, dtypes and scalars (under
-  numpy 2's ``numpy._core`` and numpy 1's ``numpy.core`` names).
-
-Both readers share one allow-list, :data:`SAFE_GLOBALS`. A file naming any other global is
-refused with a one-line :class:`CheckpointError` naming the file and the global.
+Unpickling can call any function a file names. ``torch.save`` files (recognised by their first
+bytes) are read with ``torch.load(weights_only=True)``, other files as plain pickles by
+:class:`WeightsUnpickler`; both admit only the globals of :data:`SAFE_GLOBALS` (containers,
+numbers, strings, numpy arrays, dtypes and scalars). Any other global is refused with a
+one-line :class:`CheckpointError` naming the file and the global.
 """
 
 import _codecs
