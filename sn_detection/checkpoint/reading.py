@@ -126,5 +126,5 @@ def read_checkpoint(path: str) -> Any:
         raise
     except _Refused as e:
         raise refused(path, e.name) from None
-    except Exception as e:  # noqa: BLE001 - any failure to unpickle means "not readable"
+    except Exception as e:  # any failure to unpickle means "not readable"
         raise unreadable(path, e) from None

@@ -86,7 +86,7 @@ class SNCheckpointer(DetectionCheckpointer):
             return super()._load_file(filename)  # reads with _torch_load; handles URL queries
         except (CheckpointError, FileNotFoundError):
             raise
-        except Exception as e:  # noqa: BLE001 - any failure of the readers means unreadable
+        except Exception as e:  # any failure of the readers means unreadable
             raise unreadable(filename, e) from None
 
     def _model_zoo_checkpoint(self, data: Any) -> Dict[str, Any]:

@@ -43,11 +43,12 @@ STEM, PLANES = 16, 16  # OfficialResNet's narrow widths: stem 16, res2 64 out / 
 INPUT = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 TOOL = REPO / "tools/convert_sn_imagenet_to_d2.py"
 SN_2X = CONFIGS / "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_sn.yaml"
-NARROW = [
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", str(STEM),
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", str(PLANES * 4),
-    "MODEL.RESNETS.WIDTH_PER_GROUP", str(PLANES),
-]  # fmt: skip
+WIDTHS = {
+    "MODEL.RESNETS.STEM_OUT_CHANNELS": STEM,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS": PLANES * 4,
+    "MODEL.RESNETS.WIDTH_PER_GROUP": PLANES,
+}
+NARROW = [str(x) for key_value in WIDTHS.items() for x in key_value]  # KEY VALUE overrides
 
 
 @pytest.fixture(scope="module")
