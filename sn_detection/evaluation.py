@@ -7,6 +7,7 @@ any other keypoint set. Panoptic FPN's datasets (those with ``stuff_classes``) a
 (PQ, SQ, RQ) by :class:`PanopticEvaluator`, detectron2's ``COCOPanopticEvaluator`` (through
 panopticapi, installed by ``make setup``) on the images evaluated.
 """
+
 import itertools
 import json
 import logging

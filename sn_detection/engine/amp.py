@@ -1,53 +1,48 @@
-"""Mixed-precision training from YAML: ``SOLVER.AMP.ENABLED`` and ``SOLVER.AMP.PRECISION``.
+"""Mixed-precision training on any device: detectron2's AMP loop under ``torch.autocast`` of the
+model's device type, float16 (CUDA, loss scaling) or bfloat16 (CUDA or CPU, no scaling needed).
 
-detectron2's ``AMPTrainer`` autocasts on CUDA only (``run_step`` asserts a GPU) and always scales
-the loss with a CUDA ``GradScaler``. :class:`SNAMPTrainer` runs the same loop under
-``torch.autocast`` of the model's device type, so that
-
-- "float16" trains on CUDA with a ``GradScaler`` (as detectron2);
-- "bfloat16" trains on CUDA and on the CPU, without loss scaling: bfloat16 has float32's exponent
-  range, gradients do not underflow, so the scaler is built disabled (a pass-through);
-- float16 on the CPU is refused with an error naming ``SOLVER.AMP.PRECISION``.
-
-SN under autocast: ``switch_norm`` turns autocast off inside the layer. It takes the input in the
-dtype the previous layer gave (bfloat16 or float16 from a convolution under autocast), computes the
-per-(n, c) moments, the mixture and the scale/shift in float32, and returns the input's dtype. On
-CUDA the Triton kernels read bfloat16 and float16 directly. The C++ CPU kernels take float32 and
-float64 only: for a bfloat16 input on the CPU, SN runs the plain PyTorch kernels (statistics in
-float32 as well; ``kernels.kernels_status("cpu", torch.bfloat16)`` says "plain"). Running
-statistics and parameters stay float32.
+SN turns autocast off inside the layer and computes in float32 (docs/DESIGN.md, mixed precision).
 """
+
 import time
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
-from detectron2.config import CfgNode
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..utils.cli import InputError
+
 PRECISIONS: Dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# the config keys of the precision and of the device, as the errors name them
+YAML_AMP_KEYS = ("SOLVER.AMP.PRECISION", "MODEL.DEVICE")
+LAZY_AMP_KEYS = ("train.amp.precision", "train.device")
 
 
-def amp_precision(cfg: CfgNode) -> torch.dtype:
-    """The autocast dtype of ``SOLVER.AMP.PRECISION``, checked against ``MODEL.DEVICE``."""
-    name = cfg.SOLVER.AMP.PRECISION
-    if name not in PRECISIONS:
-        raise ValueError(
-            f"SOLVER.AMP.PRECISION must be one of {', '.join(map(repr, PRECISIONS))}, got {name!r}"
+def autocast_dtype(
+    precision: str, device: str, keys: Tuple[str, str] = YAML_AMP_KEYS
+) -> torch.dtype:
+    """The autocast dtype named ``precision`` on ``device``; :class:`InputError` naming ``keys``
+    (precision key, device key) for an unknown name or float16 off CUDA."""
+    precision_key, device_key = keys
+    if precision not in PRECISIONS:
+        raise InputError(
+            f"{precision_key} must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}"
         )
-    device = torch.device(cfg.MODEL.DEVICE).type
-    if name == "float16" and device != "cuda":
-        raise ValueError(
-            f"SOLVER.AMP.PRECISION float16 trains on CUDA only (MODEL.DEVICE is {device}): "
-            "set SOLVER.AMP.PRECISION bfloat16 for mixed precision on the CPU"
+    device_type = torch.device(device).type
+    if precision == "float16" and device_type != "cuda":
+        raise InputError(
+            f"{precision_key} float16 trains on CUDA only ({device_key} is {device_type}): "
+            f"set {precision_key} bfloat16 for mixed precision on the CPU"
         )
-    return PRECISIONS[name]
+    return PRECISIONS[precision]
 
 
-class SNAMPTrainer(AMPTrainer):
-    """detectron2's ``AMPTrainer`` on any device type: autocast to ``precision`` on
-    ``device_type``, with loss scaling for float16 only (module docstring)."""
+class AutocastTrainer(AMPTrainer):
+    """detectron2's ``AMPTrainer`` on any device type: ``torch.autocast(device_type)`` to
+    ``precision``, with loss scaling for float16 only (bfloat16 has float32's exponent range, so
+    its scaler is built disabled, a pass-through)."""
 
     def __init__(
         self,
@@ -67,7 +62,7 @@ class SNAMPTrainer(AMPTrainer):
     def run_step(self) -> None:
         """``AMPTrainer.run_step`` with ``torch.autocast(device_type)`` in place of its CUDA-only
         autocast and GPU assertion."""
-        assert self.model.training, "[SNAMPTrainer] model was changed to eval mode!"
+        assert self.model.training, "[AutocastTrainer] model was changed to eval mode!"
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
@@ -105,11 +100,20 @@ class SNAMPTrainer(AMPTrainer):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
 
-def build_train_loop(cfg: CfgNode, model: nn.Module, data_loader, optimizer) -> SimpleTrainer:
-    """DefaultTrainer's choice of loop: ``SimpleTrainer``, or with ``SOLVER.AMP.ENABLED`` an
-    :class:`SNAMPTrainer` on ``MODEL.DEVICE`` in ``SOLVER.AMP.PRECISION``."""
-    if not cfg.SOLVER.AMP.ENABLED:
+def build_train_loop(
+    model: nn.Module,
+    data_loader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    amp: bool,
+    precision: str,
+    device: str,
+    keys: Tuple[str, str] = YAML_AMP_KEYS,
+) -> SimpleTrainer:
+    """DefaultTrainer's choice of loop: ``SimpleTrainer``, or with ``amp`` an
+    :class:`AutocastTrainer` on ``device`` in ``precision`` (checked by :func:`autocast_dtype`)."""
+    if not amp:
         return SimpleTrainer(model, data_loader, optimizer)
-    precision = amp_precision(cfg)
-    device_type = torch.device(cfg.MODEL.DEVICE).type
-    return SNAMPTrainer(model, data_loader, optimizer, precision=precision, device_type=device_type)
+    dtype = autocast_dtype(precision, device, keys)
+    device_type = torch.device(device).type
+    return AutocastTrainer(model, data_loader, optimizer, precision=dtype, device_type=device_type)

@@ -1,6 +1,7 @@
 """The command line of tools/train_net.py and tools/lazyconfig_train_net.py: detectron2's
 ``default_argument_parser``, with ``--resume`` and ``--eval-only`` also accepted after the config
 overrides."""
+
 import argparse
 from typing import Optional, Sequence
 

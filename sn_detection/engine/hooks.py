@@ -1,44 +1,45 @@
-"""Training hooks for SN models: the learned shares in the EventStorage, and precise statistics.
-
-- :class:`SNImportanceWriter` puts the IN/LN/BN shares of the SN layers, summarised per part of
-  the model, into detectron2's EventStorage when the writers write, so they reach
-  ``metrics.json``, tensorboard and (the model-wide BN shares) the console.
-- :class:`PreciseSN` is detectron2's PreciseBN hook extended to SN layers: before each evaluation
-  and after the last iteration it recomputes the BN-branch statistics of the SN layers, and those
-  of any BatchNorm layer, in one pass over the same batches.
-"""
+"""Training hooks for SN models: the learned shares in the EventStorage (:class:`SNSharesWriter`),
+precise statistics (:class:`PreciseSN`), and a warning for batches whose statistics were not
+finite (:class:`NonFiniteBatchWarner`)."""
 
 import itertools
 import logging
-from typing import Any, Iterable, Tuple
+from typing import Any, Iterable, Set, Tuple
 
 from detectron2.engine import HookBase, hooks
 from detectron2.utils.events import EventStorage
 from fvcore.nn.precise_bn import get_bn_modules
 from torch import nn
 
-from ..analysis import importance_scalars, importances_from_logits, sn_modules
+from ..analysis import share_scalars, shares_from_logits
+from ..layers import named_switch_norms, nonfinite_batches
+from ..utils.cli import InputError
 from .precise_sn import get_sn_modules, update_sn_stats, why_nothing_to_update
 
 # detectron2's DefaultTrainer writes metrics every 20 iterations (its PeriodicWriter)
 WRITER_PERIOD = 20
 
 
-class SNImportanceWriter(HookBase):
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper: layer names as in its checkpoints."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class SNSharesWriter(HookBase):
     """Every ``period`` iterations and after the last one (when detectron2's PeriodicWriter
     writes; register this hook before it), puts the shares of the model's SN layers (frozen ones
     included) into the EventStorage: ``sn/<part>/<mean|var>_<IN|LN|BN>``, the mean share over the
     part's layers (``sn_detection.analysis``), and the model-wide mean BN shares
     ``[metric]sn/BN_mean`` and ``[metric]sn/BN_var``, which the console writer prints.
 
-    The logits are read only then, in one transfer from the device: the other iterations cost
-    nothing. Run it on the main process only, as the writers.
+    The logits are read only then, in one transfer from the device. Run it on the main process
+    only, as the writers.
     """
 
     def __init__(self, model: nn.Module, period: int = WRITER_PERIOD):
         if period <= 0:
-            raise ValueError(f"SNImportanceWriter: period must be positive, got {period}")
-        self._layers = sn_modules(model)
+            raise InputError(f"SNSharesWriter: period must be positive, got {period}")
+        self._layers = list(named_switch_norms(_unwrap(model)))
         self._period = period
 
     def after_step(self):
@@ -48,8 +49,41 @@ class SNImportanceWriter(HookBase):
 
     def write(self) -> None:
         """Put the current shares into the trainer's EventStorage at its current iteration."""
-        layers = importances_from_logits((n, m.mean_weight, m.var_weight) for n, m in self._layers)
-        self.trainer.storage.put_scalars(smoothing_hint=False, **importance_scalars(layers))
+        layers = shares_from_logits((n, m.mean_weight, m.var_weight) for n, m in self._layers)
+        self.trainer.storage.put_scalars(smoothing_hint=False, **share_scalars(layers))
+
+
+class NonFiniteBatchWarner(HookBase):
+    """Every ``period`` iterations and after the last one, reads how many training batches each
+    SN layer skipped because their statistics were not finite (``layers.nonfinite_batches``: one
+    host transfer for the whole model) and logs one warning per layer the first time its count is
+    non-zero, naming the layer and the count. Later batches of the same layer are not reported
+    again."""
+
+    def __init__(self, model: nn.Module, period: int = WRITER_PERIOD):
+        if period <= 0:
+            raise InputError(f"NonFiniteBatchWarner: period must be positive, got {period}")
+        self._model = _unwrap(model)
+        self._period = period
+        self._reported: Set[str] = set()
+        self._logger = logging.getLogger(__name__)
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        if next_iter % self._period == 0 or next_iter == self.trainer.max_iter:
+            self.check(next_iter)
+
+    def check(self, iteration: int) -> None:
+        """Warn about the layers whose count became non-zero since the last check."""
+        for name, count in nonfinite_batches(self._model).items():
+            if name in self._reported:
+                continue
+            self._reported.add(name)
+            self._logger.warning(
+                f"SN layer {name}: {count} training batch(es) with non-finite statistics by "
+                f"iteration {iteration}; they did not update its running statistics (look for "
+                "NaN/inf in the inputs or a diverging loss)"
+            )
 
 
 class PreciseSN(hooks.PreciseBN):
@@ -63,8 +97,7 @@ class PreciseSN(hooks.PreciseBN):
     Frozen SN layers and SN layers without the BN branch are left alone. With SyncSN the
     statistics are global and identical on every process: run the hook on every process. A model
     with nothing to recompute gets one warning saying why, and the hook does nothing. The errors
-    and the warning name ``config_keys``, the keys that enable the pass and set ``num_iter``
-    (tools/lazyconfig_train_net.py: ``train.precise_bn.enabled`` and ``.num_iter``).
+    and the warning name ``config_keys``, the keys that enable the pass and set ``num_iter``.
     """
 
     def __init__(
@@ -78,7 +111,7 @@ class PreciseSN(hooks.PreciseBN):
         self._logger = logging.getLogger(__name__)
         enabled_key, num_iter_key = config_keys
         if num_iter <= 0:
-            raise ValueError(
+            raise InputError(
                 f"{num_iter_key} must be positive (batches of the precise statistics "
                 f"pass, e.g. 200), got {num_iter}; or set {enabled_key} False"
             )

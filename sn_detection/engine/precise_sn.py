@@ -1,13 +1,6 @@
 """Precise SN statistics: the BN-branch running statistics of SN layers recomputed for the current
-weights, as the plain average over a number of training batches (the official "batch average").
-
-During training the running statistics are an exponential moving average of batch statistics
-taken while the weights changed (or, with ``using_moving_average=False``, the average of every
-batch since the start). :func:`update_sn_stats` instead runs ``num_iters`` batches through the
-model with the weights fixed and makes each SN layer's running mean and variance the plain mean of
-its per-batch BN statistics, as fvcore's ``update_bn_stats`` (detectron2's PreciseBN) does for
-BatchNorm, whose layers it updates in the same batches.
-"""
+weights, as the plain average over a number of training batches with the weights fixed (the
+official "batch average"), together with fvcore's ``update_bn_stats`` for BatchNorm layers."""
 
 import itertools
 import logging
@@ -17,7 +10,8 @@ import torch
 from fvcore.nn.precise_bn import get_bn_modules, update_bn_stats
 from torch import nn
 
-from ..layers import SwitchNorm2d
+from ..layers import SwitchNorm2d, named_switch_norms
+from ..utils.cli import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +20,16 @@ def get_sn_modules(model: nn.Module) -> List[SwitchNorm2d]:
     """The SN layers whose statistics the precise pass recomputes: ``SwitchNorm2d`` and
     ``SyncSwitchNorm2d`` in training mode with a BN branch. Frozen layers, layers in eval mode
     and layers without the BN branch (no running statistics) are left alone."""
-    return [m for m in model.modules() if isinstance(m, SwitchNorm2d) and m.training and m.using_bn]
+    return [
+        m
+        for _, m in named_switch_norms(model)
+        if isinstance(m, SwitchNorm2d) and m.training and m.using_bn
+    ]
 
 
 def why_nothing_to_update(model: nn.Module) -> str:
     """Why the precise pass has nothing to recompute in ``model`` (which layers it has instead)."""
-    norms = [m for m in model.modules() if hasattr(m, "mean_weight") and hasattr(m, "var_weight")]
+    norms = [m for _, m in named_switch_norms(model)]
     kinds = {
         "frozen (FrozenSwitchNorm2d)": sum(not isinstance(m, SwitchNorm2d) for m in norms),
         "without the BN branch (MODEL.SN.USING_BN False)": sum(
@@ -65,17 +63,22 @@ def update_sn_stats(model: nn.Module, data_loader: Iterable[Any], num_iters: int
     identical on every process: every process must call this with the same ``num_iters``.
 
     Raises:
-        ValueError: if ``num_iters`` is not positive.
+        InputError: if ``num_iters`` is not positive.
         RuntimeError: if ``data_loader`` ends before ``num_iters`` batches (statistics restored).
     """
     if num_iters <= 0:
-        raise ValueError(
+        raise InputError(
             f"the precise statistics pass needs a positive number of batches, got {num_iters} "
             "(TEST.PRECISE_BN.NUM_ITER, e.g. 200)"
         )
     layers = get_sn_modules(model)
     saved = [
-        (m.using_moving_average, m.running_mean.clone(), m.running_var.clone(), m.num_batches.clone())
+        (
+            m.using_moving_average,
+            m.running_mean.clone(),
+            m.running_var.clone(),
+            m.num_batches.clone(),
+        )
         for m in layers
     ]
     for m in layers:
@@ -110,8 +113,8 @@ def update_sn_stats(model: nn.Module, data_loader: Iterable[Any], num_iters: int
             _restore(layers[i], *saved[i][1:])
         if unused:
             logger.warning(
-                f"Precise SN statistics: {len(unused)} of {len(layers)} SN layers saw no sample "
-                f"in {num_iters} batches and keep their statistics ({_names(model, layers, unused)})"
+                f"Precise SN statistics: {len(unused)} of {len(layers)} SN layers saw no sample in "
+                f"{num_iters} batches and keep their statistics ({_names(model, layers, unused)})"
             )
 
 

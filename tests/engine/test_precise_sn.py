@@ -155,7 +155,9 @@ def test_num_iters_must_be_positive():
 
 
 def test_hook_warns_once_and_does_nothing_when_there_is_nothing_to_recompute(caplog):
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), FrozenSwitchNorm2d(4), SwitchNorm2d(4, using_bn=False))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 1), FrozenSwitchNorm2d(4), SwitchNorm2d(4, using_bn=False)
+    )
     with caplog.at_level(logging.WARNING, logger="sn_detection"):
         hook = PreciseSN(10, model, data_loader=[], num_iter=5)
         hook.update_stats()  # returns without touching the (empty) loader
