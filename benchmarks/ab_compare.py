@@ -8,14 +8,14 @@ generated once, with this checkout's code, as COCO json + PNGs, and every run re
 detectron2's ``register_coco_instances`` before running its revision's ``tools/train_net.py`` as
 ``__main__`` (``PYTHONPATH`` = the worktree). The config is copied into each worktree, so its
 ``_BASE_`` resolves to that revision's own files. Runs go ``--jobs`` at a time, one thread each;
-a finished run (its ``result.json``) is skipped, so an interrupted comparison resumes.
+a finished run (its ``result.json``) is skipped, so an interrupted comparison resumes. The first
+failed run, Ctrl-C or SIGTERM stops the comparison and kills the running trainings.
 
 Usage (docs/AB_TESTS.md):
     benchmarks/ab_compare.py --rev-a c89deeb --rev-b 01094f8 --seeds 0-5 --norms SN GN
 """
 
 import argparse
-import atexit
 import json
 import os
 import shutil
@@ -56,10 +56,13 @@ runpy.run_path({script!r}, run_name="__main__")
 """
 _children: Dict[int, subprocess.Popen] = {}
 _lock = threading.Lock()
+_stopping = threading.Event()
 
 
-def _kill_children() -> None:
+def _stop_children() -> None:
+    """Kill every running training process (its whole session) and start no other."""
     with _lock:
+        _stopping.set()
         for proc in _children.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -141,7 +144,9 @@ def train_one(args, worktree: str, run_dir: str, seed: int, norm: str, datasets)
     code = RUNNER.format(datasets=datasets, argv=argv, script=script)
     env = dict(os.environ, PYTHONPATH=worktree, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     log_file = os.path.join(run_dir, "stdout.txt")
-    with open(log_file, "w") as log:
+    with open(log_file, "w") as log, _lock:
+        if _stopping.is_set():
+            raise InputError("stopped")
         proc = subprocess.Popen(
             [sys.executable, "-c", code],
             cwd=worktree,
@@ -150,11 +155,10 @@ def train_one(args, worktree: str, run_dir: str, seed: int, norm: str, datasets)
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        with _lock:
-            _children[proc.pid] = proc
-        rc = proc.wait()
-        with _lock:
-            _children.pop(proc.pid)
+        _children[proc.pid] = proc
+    rc = proc.wait()
+    with _lock:
+        _children.pop(proc.pid)
     if rc:
         raise InputError(f"the {norm} run of seed {seed} failed (exit {rc}): see {log_file}")
     result = {"seed": seed, "norm": norm, **read_ap(os.path.join(run_dir, "metrics.json"))}
@@ -163,49 +167,38 @@ def train_one(args, worktree: str, run_dir: str, seed: int, norm: str, datasets)
     return result
 
 
-def _summary(values: Sequence[float]) -> str:
+def _mean_sd(values: Sequence[float]) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else float("nan")
     return f"{statistics.mean(values):.1f} (sd {sd:.1f})"
 
 
 def comparison_table(norm: str, a: List[Dict], b: List[Dict], revs: Sequence[str]) -> str:
-    """Markdown: each seed's box/mask AP for A and B, mean (sd), paired difference B - A with the
-    paired t-test p, and Welch's unpaired p."""
+    """Markdown: each seed's box/mask AP for A and B and B - A, mean (sd); per task the paired
+    t-test p, Welch's unpaired p, and the correlation of A and B over seeds (how much pairing
+    by seed removes)."""
+    cols = {}
+    for _, k in TASKS:
+        x, y = [r[k] for r in a], [r[k] for r in b]
+        cols[f"A {k}"], cols[f"B {k}"], cols[f"B-A {k}"] = x, y, [v - u for u, v in zip(x, y)]
+    names = [f"{side} {k}" for side in ("A", "B", "B-A") for _, k in TASKS]
     lines = [
         f"### {norm}: A = {revs[0]}, B = {revs[1]}",
         "",
-        "| seed | A box | A mask | B box | B mask | B-A box | B-A mask |",
-        "|---" * 7 + "|",
+        "| seed | " + " | ".join(names) + " |",
     ]
-    for ra, rb in zip(a, b):
-        cells = [
-            ra["box"],
-            ra["mask"],
-            rb["box"],
-            rb["mask"],
-            rb["box"] - ra["box"],
-            rb["mask"] - ra["mask"],
-        ]
-        lines.append(f"| {ra['seed']} | " + " | ".join(f"{v:.1f}" for v in cells) + " |")
-    cols = {k: ([r[k] for r in a], [r[k] for r in b]) for _, k in TASKS}
-    diffs = {k: [y - x for x, y in zip(*v)] for k, v in cols.items()}
-    lines.append(
-        "| mean (sd) | "
-        + " | ".join(
-            [_summary(cols[k][0]) for k in ("box", "mask")]
-            + [_summary(cols[k][1]) for k in ("box", "mask")]
-            + [_summary(diffs[k]) for k in ("box", "mask")]
-        )
-        + " |"
-    )
-    lines.append("")
-    for k in ("box", "mask"):
-        x, y = cols[k]
-        paired = stats.ttest_rel(y, x).pvalue if len(x) > 1 else float("nan")
-        welch = stats.ttest_ind(y, x, equal_var=False).pvalue if len(x) > 1 else float("nan")
+    lines.append("|---" * (len(names) + 1) + "|")
+    for i, r in enumerate(a):
+        lines.append(f"| {r['seed']} | " + " | ".join(f"{cols[c][i]:.1f}" for c in names) + " |")
+    lines += ["| mean (sd) | " + " | ".join(_mean_sd(cols[c]) for c in names) + " |", ""]
+    for _, k in TASKS:
+        x, y = cols[f"A {k}"], cols[f"B {k}"]
+        n = len(x)
+        paired = stats.ttest_rel(y, x).pvalue if n > 1 else float("nan")
+        welch = stats.ttest_ind(y, x, equal_var=False).pvalue if n > 1 else float("nan")
+        r = stats.pearsonr(x, y).statistic if n > 2 else float("nan")
         lines.append(
-            f"- {k} AP: B - A = {statistics.mean(diffs[k]):+.2f}, paired t-test "
-            f"p = {paired:.3f}, Welch p = {welch:.3f} (n = {len(x)} seeds)"
+            f"- {k} AP: B - A = {statistics.mean(cols[f'B-A {k}']):+.2f}, paired t-test "
+            f"p = {paired:.3f}, Welch p = {welch:.3f}, A-B correlation r = {r:.2f} (n = {n})"
         )
     return "\n".join(lines) + "\n"
 
@@ -260,7 +253,6 @@ def main(argv: List[str]) -> int:
         for r in revs
     ]
     datasets = prepare_data(os.path.join(output, "data"), args.images)
-    atexit.register(_kill_children)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # A and B of a seed one after the other, so an interrupted comparison leaves pairs
     runs = [
@@ -274,8 +266,12 @@ def main(argv: List[str]) -> int:
         for seed in args.seeds
         for tree in trees
     ]
-    with ThreadPoolExecutor(args.jobs) as pool:
+    pool = ThreadPoolExecutor(args.jobs)
+    try:  # the first failure (or Ctrl-C, SIGTERM) stops the rest; finished runs are kept
         results = list(pool.map(lambda r: train_one(args, *r, datasets), runs))
+    finally:
+        _stop_children()
+        pool.shutdown(wait=True, cancel_futures=True)
     tables = []
     for norm in args.norms:
         mine = [r for r in results if r["norm"] == norm]

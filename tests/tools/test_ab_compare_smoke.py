@@ -1,9 +1,12 @@
 """benchmarks/ab_compare.py runs end to end at tiny size: two revisions, one seed; it resumes, and
 a failed run is a one-line error."""
 
+import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -84,3 +87,34 @@ def test_a_failed_run_is_one_line_error_naming_its_log(tmp_path):
     last = result.stderr.splitlines()[-1]
     assert last.startswith("error:") and "failed" in last and last.endswith("stdout.txt")
     assert "Traceback" not in result.stderr
+
+
+def _processes_mentioning(text: str):
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_sigterm_kills_the_running_trainings(tmp_path):
+    args = ["--rev-a", REV_A, "--rev-b", REV_B, *TINY, "--opts", "SOLVER.MAX_ITER", "100000"]
+    command = [sys.executable, str(SCRIPT), "--output", str(tmp_path), *args]
+    harness = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        logs = tmp_path / "runs" / "SN"
+        deadline = time.time() + 240
+        while len(list(logs.glob("*/seed0/stdout.txt"))) < 2 and time.time() < deadline:
+            time.sleep(1)
+        assert _processes_mentioning(str(logs)), "the trainings did not start"
+        harness.send_signal(signal.SIGTERM)
+        harness.wait(timeout=60)
+        time.sleep(1)
+        assert _processes_mentioning(str(logs)) == []
+    finally:
+        harness.kill()
+        _remove_worktrees(tmp_path)
