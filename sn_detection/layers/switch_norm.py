@@ -172,9 +172,10 @@ class SwitchNorm2d(_SwitchNormBase):
     layer (LN, per sample) and batch (BN, per channel) statistics, all derived from one set of
     per-(n, c) moments (the official semantics: the IN variance is unbiased, and the LN/BN
     variances are those of the union of the planes, E[var_in + mean_in^2] - mean^2, computed here
-    without cancellation; see ``mixer.py``). ``mean_weight`` and ``var_weight`` hold the mixture
-    logits in the order (IN, LN, BN), or (IN, LN) with ``using_bn=False``. In eval mode the BN
-    branch uses the running statistics, so outputs do not depend on the eval batch size.
+    without cancellation; see ``mixer.py``). ``mean_weight`` and ``var_weight`` hold the logits
+    of the branches in the order (IN, LN, BN), or (IN, LN) with ``using_bn=False``; their softmax
+    gives the shares (:meth:`shares`). In eval mode the BN branch uses the running statistics,
+    so outputs do not depend on the eval batch size.
 
     Running statistics start at zero (as in the official code). ``momentum`` follows PyTorch's
     convention: ``running = (1 - momentum) * running + momentum * batch_stat``; the official code's
@@ -249,12 +250,12 @@ class SwitchNorm2d(_SwitchNormBase):
 
     @torch.no_grad()
     def _update_running_stats(self, mean_bn: Tensor, var_bn: Tensor, count: Tensor) -> None:
-        finite = torch.isfinite(mean_bn).all() & torch.isfinite(var_bn).all()
-        nonempty = count > 0  # a globally empty batch changes nothing
-        self.nonfinite_updates += (nonempty & ~finite).to(self.nonfinite_updates.dtype)
+        finite = torch.isfinite(torch.cat([mean_bn, var_bn])).all()
+        # an empty batch has zero (finite) statistics and count 0: it changes and counts nothing
+        self.nonfinite_updates += ~finite
+        seen = ((count > 0) & finite).to(self.running_mean.dtype)
         # a skipped batch's statistics are replaced by the running ones: lerp(a, a, w) is a,
         # where a rate of 0 alone would give 0 * NaN = NaN
-        seen = (nonempty & finite).to(self.running_mean.dtype)
         mean_bn = torch.where(finite, mean_bn.to(self.running_mean.dtype), self.running_mean)
         var_bn = torch.where(finite, var_bn.to(self.running_var.dtype), self.running_var)
         if self.using_moving_average:

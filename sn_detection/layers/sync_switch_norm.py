@@ -77,7 +77,7 @@ class SyncSwitchNorm2d(SwitchNorm2d):
     exactly (Chan et al.'s parallel formula: no E[x^2] - E[x]^2 cancellation, any batch sizes; a
     process with an empty batch contributes nothing but still takes part), and backward makes one
     all-reduce of the gradients of the BN statistics, reaching every process's input and the
-    mixture logits. IN and LN statistics stay per sample. Running statistics are updated from the
+    logits. IN and LN statistics stay per sample. Running statistics are updated from the
     synchronized statistics, so they stay identical on every process.
 
     With one process, in eval mode, without an initialised process group, or with
