@@ -1,27 +1,17 @@
-"""Which code computes SN's full-size passes: the registry of fast kernels, the switches, the
-self-check and the status. This module is the only place that chooses.
+"""Which code computes SN's full-size passes: the registry of fast kernels per device type (the
+C++/OpenMP CPU kernels of ``cpu_kernels.py``, the Triton CUDA kernels of ``triton_kernels.py``,
+loaded on the first :func:`select_kernels`), the switches, the self-check and the status. This
+module is the only place that chooses; the contract and the plain kernels, the oracle of the fast
+ones, are in ``kernel_contract.py``. A fast implementation is checked against the plain kernels
+the first time it is chosen for a device and dtype; a failure warns once and the plain kernels
+serve that device and dtype for the rest of the process.
 
-SN makes four passes over full-size tensors (the contract ``SNKernels`` and the plain PyTorch
-kernels ``PLAIN_KERNELS``, the oracle of the fast ones, are in ``kernel_contract.py``); everything
-else is arithmetic on (N, C)-sized tensors (``mixer.py``). Fast kernels are registered per device
-type: the C++/OpenMP CPU kernels (``cpu_kernels.py``, built by ``make setup``) and the Triton CUDA
-kernels (``triton_kernels.py``, when triton imports and a GPU is present). Both are loaded on the
-first call of :func:`select_kernels`, not as a side effect of importing the package.
-
-Safety: the first time a fast implementation is chosen for a device and dtype, it is checked
-once against the plain kernels on a small input (every pass). A failure to run or a mismatch
-logs one warning naming ``SN_DETECTION_FAST_KERNELS`` and the plain kernels are used for that
-device and dtype for the rest of the process, instead of crashing or training on wrong numbers.
-
-Switches, each read once when this module is imported (the environment) and changeable in code:
+Switches, read once when this module is imported and changeable in code:
 
 - ``SN_DETECTION_FAST_KERNELS``: "1" (default) or "0" to force the plain kernels everywhere;
-  in code :func:`set_fast_kernels` (as timm's ``set_fast_norm``), or the :func:`fast_kernels`
-  context manager for a block.
+  :func:`set_fast_kernels` (as timm's ``set_fast_norm``), or :func:`fast_kernels` for a block.
 - ``SN_DETECTION_COMPILE_MIXER``: "auto" (default: compile the (N, C) mixer with
-  ``torch.compile`` on CUDA, where dozens of tiny launches per layer would cost more than the
-  full-size passes), "1" (compile on every device, e.g. to test it on CPU) or "0" (never); in code
-  :func:`set_compile_mixer`.
+  ``torch.compile`` on CUDA), "1" (on every device) or "0" (never); :func:`set_compile_mixer`.
 """
 import contextlib
 import logging
