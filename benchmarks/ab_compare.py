@@ -31,17 +31,12 @@ from typing import Dict, List, Optional, Sequence
 from scipy import stats
 
 from sn_detection.data.nuclei import NUCLEI
+from sn_detection.study import norm_overrides
 from sn_detection.utils.cli import InputError, run_tool
 from sn_detection.utils.file_io import atomic_write
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = "configs/quick_schedules/mask_rcnn_sn_nuclei.yaml"
-NORM_KEYS = (
-    "MODEL.RESNETS.NORM",
-    "MODEL.FPN.NORM",
-    "MODEL.ROI_BOX_HEAD.NORM",
-    "MODEL.ROI_MASK_HEAD.NORM",
-)
 TASKS = (("bbox", "box"), ("segm", "mask"))
 # run in each training process: register the shared data, then the revision's train_net
 RUNNER = """
@@ -124,20 +119,9 @@ def train_one(args, worktree: str, run_dir: str, seed: int, norm: str, datasets)
             return json.load(f)
     shutil.rmtree(run_dir, ignore_errors=True)  # unfinished: metrics.json appends, start afresh
     os.makedirs(run_dir)
-    overrides = [
-        "SEED",
-        str(seed),
-        "OUTPUT_DIR",
-        run_dir,
-        "DATASETS.TRAIN",
-        "('ab_nuclei_train',)",
-        "DATASETS.TEST",
-        "('ab_nuclei_val',)",
-        "DATALOADER.NUM_WORKERS",
-        "0",
-    ]
-    if norm != "SN":
-        overrides += [v for key in NORM_KEYS for v in (key, norm)]
+    overrides = ["SEED", str(seed), "OUTPUT_DIR", run_dir, "DATALOADER.NUM_WORKERS", "0"]
+    overrides += ["DATASETS.TRAIN", "('ab_nuclei_train',)", "DATASETS.TEST", "('ab_nuclei_val',)"]
+    overrides += norm_overrides(norm)
     config = os.path.join(worktree, os.path.relpath(args.config, REPO))
     argv = ["train_net.py", "--config-file", config, *overrides, *args.opts]
     script = os.path.join(worktree, "tools", "train_net.py")
