@@ -102,25 +102,16 @@ def drift(norm: str, steps: int, batch: int, size: int, lr: float, seed: int) ->
 
 
 def table(results: Dict[str, List[Dict]], every: int) -> str:
-    """Markdown: per step (every ``every``-th and the last), each norm's drift figures."""
-    norms = list(results)
-    head = (
-        "| step | "
-        + " | ".join(f"{n} loss rel | {n} |dw|/|w64-w0| | {n} |dw|/|w64|" for n in norms)
-        + " |"
-    )
-    lines = [head, "|---" * (1 + 3 * len(norms)) + "|"]
+    """Markdown: per step (every ``every``-th and the last), each norm's drift figures: loss
+    |L32 - L64| / |L64|, gap/update |w32 - w64| / |w64 - w0|, gap/weights |w32 - w64| / |w64|."""
+    keys = ("loss_rel", "param_rel_update", "param_rel")
+    names = [f"{n} {k}" for n in results for k in ("loss", "gap/update", "gap/weights")]
+    lines = ["| step | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
     steps = len(next(iter(results.values())))
     for i in range(steps):
-        if (i + 1) % every and i + 1 != steps:
-            continue
-        cells = [
-            f"{r[i][k]:.1e}"
-            for n in norms
-            for r in [results[n]]
-            for k in ("loss_rel", "param_rel_update", "param_rel")
-        ]
-        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+        if (i + 1) % every == 0 or i + 1 == steps:
+            cells = [f"{rows[i][k]:.1e}" for rows in results.values() for k in keys]
+            lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,7 @@ def test_two_steps_print_and_write_small_finite_drift_of_both_norms(tmp_path):
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "SN loss rel" in result.stdout and "GN loss rel" in result.stdout
+    assert "SN gap/update" in result.stdout and "GN gap/update" in result.stdout
     assert [
         line.split("|")[1].strip()
         for line in result.stdout.splitlines()
