@@ -7,11 +7,11 @@ A block's fence language says how it is checked:
 - ``bash`` (or ``sh``, ``shell``): commands that are checked, not run (trainings of hours, files a
   user has). Each is ``make TARGET`` with a target of the Makefile, or ``.venv/bin/python``
   running a script of the repository whose own argument parser accepts the arguments, whose
-  config file, ``.py`` and ``.yaml`` arguments exist, and whose config overrides (yacs
-  ``KEY VALUE`` or LazyConfig ``key=value``) apply to that config; or ``-m`` with a module that
-  imports. The tools themselves run end to end in their own tests.
-- ``yaml``: a detectron2 config (``_BASE_`` relative to the repository root) that merges into a
-  config with ``add_sn_config`` and passes the tools' norm check.
+  config file, ``.py`` and ``.yaml`` arguments exist, and whose config with its overrides (yacs
+  ``KEY VALUE`` or LazyConfig ``key=value``) passes the training tools' config checks; or
+  ``-m`` with a module that imports. The tools themselves run end to end in their own tests.
+- ``yaml``: a detectron2 config (``_BASE_`` relative to the repository root) that passes the
+  training tools' config checks.
 - any other language (``text``) or none: output, not checked.
 
 Every relative link or image in these pages points at a file or folder that exists (and an
@@ -33,7 +33,8 @@ from unittest import mock
 
 import pytest
 
-from sn_detection.testing import REPO, load_config, load_script
+from sn_detection.engine.config_checks import lazy_training_config, yaml_training_config
+from sn_detection.testing import REPO, load_script
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL_LANGUAGES = ("bash", "sh", "shell")
@@ -180,16 +181,13 @@ def _parse_with_script(script: str, args: List[str]) -> argparse.Namespace:
 
 
 def _check_overrides(namespace: argparse.Namespace) -> None:
-    """The config overrides of a parsed command apply to its config file."""
+    """The config of a parsed command with its overrides passes the training tools' checks (keys
+    the config has, values, norms)."""
     config, opts = getattr(namespace, "config_file", ""), getattr(namespace, "opts", None) or []
-    if not config:
-        return
     if config.endswith(".py"):
-        from detectron2.config import LazyConfig
-
-        LazyConfig.apply_overrides(LazyConfig.load(str(REPO / config)), opts)
-    else:
-        load_config(REPO / config, *opts)
+        lazy_training_config(str(REPO / config), opts)
+    elif config:
+        yaml_training_config(str(REPO / config), opts)
 
 
 def _check_python_command(argv: List[str]) -> None:
@@ -227,9 +225,7 @@ def test_shell_block_names_what_exists_and_parses(block):
 
 
 @pytest.mark.parametrize("block", YAML, ids=[b.id for b in YAML])
-def test_yaml_block_is_a_config_that_passes_the_norm_check(block, tmp_path):
-    from sn_detection.modeling.checks import check_sn_builders
-
+def test_yaml_block_is_a_config_that_passes_the_checks(block, tmp_path):
     text = re.sub(
         r'^_BASE_: "?([^"\n]+)"?',
         lambda m: f'_BASE_: "{REPO / m.group(1)}"',
@@ -237,7 +233,7 @@ def test_yaml_block_is_a_config_that_passes_the_norm_check(block, tmp_path):
         flags=re.M,
     )
     (tmp_path / "config.yaml").write_text(text)
-    check_sn_builders(load_config(tmp_path / "config.yaml"))
+    yaml_training_config(str(tmp_path / "config.yaml"), [])
 
 
 # ---- links --------------------------------------------------------------------------------------
