@@ -18,6 +18,12 @@ from sn_detection.testing import CONFIGS, REPO, copypaste_metrics, load_script
 from sn_detection.utils.cli import run_tool
 
 SMOKE = CONFIGS / "LazyConfig/quick_schedules/mask_rcnn_sn_smoke.py"
+# 64-pixel images for training and evaluation: the end-to-end runs test the plumbing, not the AP
+SMALL = [
+    f"dataloader.{split}.mapper.augmentations.0.{key}={value}"
+    for split, size in (("train", "[64]"), ("test", "64"))
+    for key, value in (("short_edge_length", size), ("max_size", "64"))
+]
 
 
 def _lazyconfig_train_net(*args, timeout=600):
@@ -34,7 +40,7 @@ def test_trains_in_bfloat16_on_the_cpu_evaluates_and_eval_only_reproduces_the_ap
     rc, log = _lazyconfig_train_net(
         "--config-file", str(SMOKE), f"train.output_dir={out}", "train.max_iter=2",
         "train.amp.enabled=True", "train.amp.precision=bfloat16",
-        "train.precise_bn.enabled=True", "train.precise_bn.num_iter=2",
+        "train.precise_bn.enabled=True", "train.precise_bn.num_iter=2", *SMALL,
     )  # fmt: skip
     assert rc == 0, log[-4000:]
     assert "Starting training from iteration 0" in log
@@ -53,7 +59,7 @@ def test_trains_in_bfloat16_on_the_cpu_evaluates_and_eval_only_reproduces_the_ap
 
     rc, log = _lazyconfig_train_net(  # --eval-only after the overrides, as tools/train_net.py
         "--config-file", str(SMOKE), f"train.init_checkpoint={out / 'model_final.pth'}",
-        f"train.output_dir={tmp_path / 'eval'}", "--eval-only",
+        f"train.output_dir={tmp_path / 'eval'}", "--eval-only", *SMALL,
     )  # fmt: skip
     assert rc == 0, log[-4000:]
     eval_metrics = copypaste_metrics(log)
@@ -75,8 +81,9 @@ def test_two_process_syncsn_run_trains_and_evaluates(tmp_path):
         "model.roi_heads.mask_head.conv_norm",
     ]
     rc, log = _lazyconfig_train_net(
-        "--num-gpus", "2", "--config-file", str(SMOKE),
+        "--num-gpus", "2", "--dist-url", "auto", "--config-file", str(SMOKE),
         f"train.output_dir={tmp_path}", "train.max_iter=2", *[f"{key}=SyncSN" for key in norms],
+        *SMALL,
     )  # fmt: skip
     assert rc == 0, log[-4000:]
     assert "Rank of current process: 0. World size: 2" in log

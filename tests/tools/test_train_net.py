@@ -16,6 +16,9 @@ from sn_detection.testing import CONFIGS, REPO, copypaste_metrics, load_script
 from sn_detection.utils.cli import run_tool
 
 SMOKE = CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml"
+# 64-pixel images for training and evaluation: the end-to-end runs test the plumbing, not the AP
+SMALL = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64"]
+SMALL += ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64"]
 
 
 def _train_net(*args, timeout=600, **env_vars):
@@ -36,7 +39,7 @@ def run(tmp_path_factory):
     log = _train_net(
         "--config-file", str(SMOKE), "MODEL.BACKBONE.FREEZE_AT", "2",
         "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2",
-        "OUTPUT_DIR", str(out),
+        "OUTPUT_DIR", str(out), *SMALL,
     )  # fmt: skip
     return out, log
 
@@ -53,6 +56,7 @@ def test_eval_only_of_the_trained_weights_reproduces_the_ap(run, tmp_path):
     eval_log = _train_net(
         "--config-file", str(SMOKE), "--eval-only", "MODEL.BACKBONE.FREEZE_AT", "2",
         "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval"),
+        *SMALL,
     )  # fmt: skip
     metrics, eval_metrics = copypaste_metrics(log), copypaste_metrics(eval_log)
     for task in ("bbox", "segm"):
@@ -109,9 +113,9 @@ def test_the_shares_of_every_part_are_logged_at_the_last_iteration(run):
 def test_two_process_syncsn_run_trains_and_reports_coco_ap(tmp_path):
     # --num-gpus 2 on a CPU-only machine: detectron2's launcher starts 2 processes on gloo
     log = _train_net(
-        "--num-gpus", "2",
+        "--num-gpus", "2", "--dist-url", "auto",  # a free port: other runs may hold the default
         "--config-file", str(CONFIGS / "quick_schedules/mask_rcnn_syncsn_smoke.yaml"),
-        "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path),
+        "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path), *SMALL,
     )  # fmt: skip
     assert "Rank of current process: 0. World size: 2" in log
     assert "SyncSwitchNorm2d" in log  # the model printed at start-up uses SyncSN
