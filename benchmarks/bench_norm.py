@@ -24,7 +24,8 @@ on a leaf input that requires grad, with one fixed random output gradient:
   included), summed in time order.
 
 Layers: "SN ours" is ``SwitchNorm2d`` with the fastest registered kernels (the C++/OpenMP ones
-on CPU when built), "SN ours, plain" the same layer on the plain PyTorch kernels
+on CPU when built), "SSN ours" ``SparseSwitchNorm2d`` (same kernels, sparsestmax weights, radius
+0.5), "SN ours, plain" the same layer on the plain PyTorch kernels
 (``kernels.fast_kernels(False)`` around its forward; backward uses the kernels forward
 chose), "SN reference" the official formulas written plainly
 (``switch_norm_reference``). CPU runs are float32; CUDA runs float32 and bfloat16 autocast (the
@@ -49,7 +50,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from tabulate import tabulate
 from torch import Tensor, nn
 
-from sn_detection.layers import SwitchNorm2d, kernels, kernels_status
+from sn_detection.layers import SparseSwitchNorm2d, SwitchNorm2d, kernels, kernels_status
 from sn_detection.layers.portable import switch_norm_inference
 from sn_detection.testing import switch_norm_reference
 
@@ -89,14 +90,26 @@ class ExportedSN(SwitchNorm2d):
     """An eval-mode SwitchNorm2d as exporters record it: the portable inference path."""
 
     def forward(self, x: Tensor) -> Tensor:
-        params = (self.weight, self.bias, self.mean_weight, self.var_weight)
         stats = (self.running_mean, self.running_var)
-        return switch_norm_inference(x, *params, *stats, self.eps)
+        p, q = self.mix_weights()
+        return switch_norm_inference(x, self.weight, self.bias, p, q, *stats, self.eps)
+
+
+def sparse_sn(channels: int) -> SparseSwitchNorm2d:
+    """A SparseSwitchNorm2d halfway through its radius schedule, with distinct logits: the
+    sparsestmax push runs and no weight vector is fixed yet."""
+    layer = SparseSwitchNorm2d(channels)
+    with torch.no_grad():
+        layer.mean_weight.copy_(torch.tensor([0.3, 0.1, 0.2]))
+        layer.var_weight.copy_(torch.tensor([0.1, 0.3, 0.2]))
+        layer.radius.fill_(0.5)
+    return layer
 
 
 LAYERS: Dict[str, Callable[[int], nn.Module]] = {
     "SN ours": SwitchNorm2d,
     "SN ours, plain": PlainKernelsSN,
+    "SSN ours": sparse_sn,
     "SN reference": ReferenceSN,
     "BatchNorm2d": nn.BatchNorm2d,
     "GroupNorm(32)": lambda c: nn.GroupNorm(32, c),

@@ -6,6 +6,7 @@ Nothing in the library imports this module. It holds
   layer tests and the "official-style" row of the benchmarks;
 - ``random_sn``, ``forward_backward``, ``reference_step``, ``gradcheck_layer``: one step of an SN
   layer through its kernels and through the reference, and gradcheck of a layer;
+- ``sparsemax_reference``, ``sparsestmax_reference``: the SSN paper's weights, plainly written;
 - ``run_distributed`` and ``count_collectives``: several CPU processes on gloo, and counting the
   torch.distributed collectives a block makes;
 - ``REPO``, ``CONFIGS``, ``load_config``: the repository's config files (source checkouts only);
@@ -15,6 +16,7 @@ Nothing in the library imports this module. It holds
 - ``detection_fields``, ``assert_same_detections``: exported against eager detections.
 """
 import importlib.util
+import math
 import os
 import pathlib
 import re
@@ -97,6 +99,39 @@ def switch_norm_reference(
     x = (x - mean) / (var + eps).sqrt()
     x = x.view(n, c, h, w)
     return x * weight.view(1, c, 1, 1) + bias.view(1, c, 1, 1)
+
+
+# -- sparse SN ---------------------------------------------------------------------------------
+
+
+def sparsemax_reference(z: List[float]) -> List[float]:
+    """Sparsemax of a list of floats, by the textbook algorithm."""
+    s = sorted(z, reverse=True)
+    k = max(j for j in range(1, len(z) + 1) if 1 + j * s[j - 1] > sum(s[:j]))
+    tau = (sum(s[:k]) - 1) / k
+    return [max(v - tau, 0.0) for v in z]
+
+
+def sparsestmax_reference(z: List[float], r: float) -> List[float]:
+    """SparsestMax as the SSN paper describes it, for a list of 2 or 3 floats."""
+    w = sparsemax_reference(z)
+    n = len(z)
+    u = 1.0 / n
+    d = math.sqrt(sum((v - u) ** 2 for v in w))
+    if d >= r or d < 1e-9:
+        return w
+    p = [u + r * (v - u) / d for v in w]
+    if min(p) >= 0:
+        return p
+    if n == 2:
+        return [1.0 if v > 0.5 else 0.0 for v in p]
+    # the edge (1/2 + t, 1/2 - t, 0) at distance r from u, t from the paper's formula
+    t = math.sqrt(2) * r * math.sin(math.acos(min(1.0, 1 / (math.sqrt(6) * r)))) / 2
+    t = min(t, 0.5)
+    order = sorted(range(3), key=lambda i: -p[i])
+    out = [0.0] * 3
+    out[order[0]], out[order[1]] = 0.5 + t, 0.5 - t
+    return out
 
 
 # -- one step of a layer -------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """SN's (N, C)-sized arithmetic, each function with a hand-derived backward: the BN-branch
 batch statistics, summarised per process so that summaries of several processes combine exactly,
-and the mixer, which folds the IN/LN/BN statistics, their shares (softmax of the logits) and the
-affine parameters into a per-(n, c) ``scale`` and ``shift`` (SN's output is ``x * scale + shift``).
+and the mixer, which folds the IN/LN/BN statistics, their mix weights (p for the means, q for
+the variances: softmax of the logits for SN, sparsestmax for SSN, computed by the layer in front of
+the mixer with ordinary autograd) and the affine parameters into a per-(n, c) ``scale`` and
+``shift`` (SN's output is ``x * scale + shift``); the mixer's backward gives the gradients of the
+weights, which autograd carries on to the logits.
 
 Plain tensor functions without an autograd graph; ``mix_forward`` is also TorchScript-scriptable
 (the portable path uses it). On CUDA they are compiled with ``torch.compile``
@@ -25,8 +28,8 @@ class MixerSaved(NamedTuple):
     m: Tensor
     v: Tensor
     weight: Tensor
-    p: Tensor  # softmax of the mean logits
-    q: Tensor  # softmax of the variance logits
+    p: Tensor  # the mix weights of the means, in the statistics dtype
+    q: Tensor  # the mix weights of the variances
     mean_ln: Tensor
     var_ln: Tensor
     mean_bn: Optional[Tensor]
@@ -86,13 +89,13 @@ def mix_forward(
     v: Tensor,
     weight: Tensor,
     bias: Tensor,
-    mean_logits: Tensor,
-    var_logits: Tensor,
+    p: Tensor,
+    q: Tensor,
     mean_bn: Optional[Tensor],
     var_bn: Optional[Tensor],
     eps: float,
 ):
-    """The mixer's forward: with p, q the shares of the mean and variance logits and the LN
+    """The mixer's forward: with p, q the mix weights of the means and variances and the LN
     statistics ``m_L = mean_c m``, ``v_L = mean_c (v + (m - m_L)^2)``::
 
         mu  = p_IN m + p_LN m_L + p_BN m_B,    var = q_IN v + q_LN v_L + q_BN v_B
@@ -104,8 +107,8 @@ def mix_forward(
     dtype = m.dtype
     mean_ln = m.mean(dim=1, keepdim=True)
     var_ln = (v + (m - mean_ln).square()).mean(dim=1, keepdim=True)
-    p = torch.softmax(mean_logits.to(dtype), dim=0)
-    q = torch.softmax(var_logits.to(dtype), dim=0)
+    p = p.to(dtype)
+    q = q.to(dtype)
     mu = p[0] * m + p[1] * mean_ln
     var = q[0] * v + q[1] * var_ln
     if mean_bn is not None and var_bn is not None:
@@ -119,13 +122,9 @@ def mix_forward(
     return scale, shift, saved
 
 
-def _softmax_backward(p: Tensor, grad_p: Tensor) -> Tensor:
-    return p * (grad_p - (p * grad_p).sum())
-
-
 def mix_backward(grad_scale: Tensor, grad_shift: Tensor, saved):
     """Gradients of ``mix_forward``'s (scale, shift) with respect to its inputs (m, v, weight,
-    bias, mean_logits, var_logits, mean_bn, var_bn), given those of scale and shift; the last two
+    bias, p, q, mean_bn, var_bn), given those of scale and shift; the last two
     are None without a BN branch. Gradients are in the statistics dtype (the caller casts). The
     gradient of var_bn is that of the variance used: batch variances are never negative, and a
     negative given one (counted as 0) is a running statistic, which takes no gradient."""
@@ -159,10 +158,8 @@ def mix_backward(grad_scale: Tensor, grad_shift: Tensor, saved):
         grad_mean_bn = p[2] * col_mu
         grad_var_bn = q[2] * col_var
 
-    grad_mean_logits = _softmax_backward(p, torch.stack(grad_p))
-    grad_var_logits = _softmax_backward(q, torch.stack(grad_q))
     return (
-        grad_m, grad_v, grad_weight, grad_bias, grad_mean_logits, grad_var_logits,
+        grad_m, grad_v, grad_weight, grad_bias, torch.stack(grad_p), torch.stack(grad_q),
         grad_mean_bn, grad_var_bn,
     )
 
@@ -201,8 +198,9 @@ class _Compiled:
         if self.compiled is None:
             self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
         # torch.compile treats parameters' shapes as static, which would specialize the compiled
-        # code to each channel count (and hit the recompilation limit): pass plain tensors
-        args = [a.detach() if isinstance(a, torch.nn.Parameter) else a for a in args]
+        # code to each channel count (and hit the recompilation limit), and inspects the autograd
+        # state of tensors that require grad (the mix weights): pass plain tensors
+        args = [a.detach() if isinstance(a, Tensor) else a for a in args]
         try:
             out = self.compiled(first, *args)
         except torch.OutOfMemoryError:

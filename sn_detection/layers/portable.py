@@ -42,16 +42,14 @@ def mix_scale_shift(
     v: Tensor,
     weight: Tensor,
     bias: Tensor,
-    mean_logits: Tensor,
-    var_logits: Tensor,
+    p: Tensor,
+    q: Tensor,
     mean_bn: Optional[Tensor],
     var_bn: Optional[Tensor],
     eps: float,
 ) -> Tuple[Tensor, Tensor]:
     """``mixer.mix_forward``'s (scale, shift), without what its backward keeps."""
-    scale, shift, _ = mix_forward(
-        m, v, weight, bias, mean_logits, var_logits, mean_bn, var_bn, eps
-    )
+    scale, shift, _ = mix_forward(m, v, weight, bias, p, q, mean_bn, var_bn, eps)
     return scale, shift
 
 
@@ -67,16 +65,17 @@ def switch_norm_inference(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
-    mean_logits: Tensor,
-    var_logits: Tensor,
+    p: Tensor,
+    q: Tensor,
     running_mean: Optional[Tensor],
     running_var: Optional[Tensor],
     eps: float,
 ) -> Tensor:
-    """SN of a 4-D x with H*W > 0 whose BN branch (if any: ``running_mean``/``running_var`` not
-    None) uses the running statistics: eval mode and the frozen layer, in portable PyTorch."""
+    """SN of a 4-D x with H*W > 0 with mix weights ``p``/``q`` (the layer's ``mix_weights()``)
+    whose BN branch (if any: ``running_mean``/``running_var`` not None) uses the running
+    statistics: eval mode and the frozen layer, in portable PyTorch."""
     mean, var = moments_inference(x)
     scale, shift = mix_scale_shift(
-        mean, var, weight, bias, mean_logits, var_logits, running_mean, running_var, eps
+        mean, var, weight, bias, p, q, running_mean, running_var, eps
     )
     return apply_inference(x, scale, shift)

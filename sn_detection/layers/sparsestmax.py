@@ -5,7 +5,8 @@ simplex) followed by a push away from the uniform point u: a sparsemax point clo
 ``radius`` is moved along its direction from u onto the circle of that radius; where that circle
 leaves the simplex, onto the simplex edge at that distance from u. ``radius`` grows from 0 (plain
 sparsemax) to 1 (beyond every vertex: one-hot) over training. Everything stays on the device:
-no branch reads a tensor value, so a training step has no host sync.
+no branch reads a tensor value, so a training step has no host sync; the functions are
+TorchScript-scriptable (a scripted SSN layer uses them).
 
 Caveat: at exactly equal logits the direction from u is undefined; the point then stays at u
 (finite gradient: sparsemax's). The first gradient step breaks the tie.
@@ -15,9 +16,6 @@ import math
 
 import torch
 from torch import Tensor
-
-# below this distance from u a point counts as u itself: its direction is undefined
-_AT_UNIFORM = 1e-9
 
 
 def sparsemax(logits: Tensor) -> Tensor:
@@ -55,7 +53,7 @@ def sparsestmax(logits: Tensor, radius: Tensor) -> Tensor:
     w = sparsemax(logits)
     offset = w - 1.0 / num
     distance = torch.linalg.vector_norm(offset, dim=-1, keepdim=True)
-    at_uniform = distance < _AT_UNIFORM
+    at_uniform = distance < 1e-9  # counts as u itself: its direction is undefined
     direction = offset / torch.where(at_uniform, torch.ones_like(distance), distance)
     pushed = 1.0 / num + radius * direction
     if num == 3:

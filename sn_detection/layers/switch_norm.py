@@ -81,9 +81,21 @@ class _SwitchNormBase(nn.Module):
         """Where the BN branch takes its statistics from in this forward."""
         raise NotImplementedError
 
+    def mix_weights(self) -> Tuple[Tensor, Tensor]:
+        """The mix weights (p, q) of the means and variances, in the order of ``BRANCHES``: the
+        softmax of the logits ``mean_weight`` and ``var_weight``, differentiable. The one place
+        that turns logits into weights (sparse SN overrides it)."""
+        return torch.softmax(self.mean_weight, 0), torch.softmax(self.var_weight, 0)
+
+    def _forward_mix_weights(self) -> Tuple[Tensor, Tensor]:
+        """:meth:`mix_weights` as the eager forward takes them (where sparse SN's training
+        forward also fixes one-hot weights)."""
+        return self.mix_weights()
+
     def _normalize(self, x: Tensor) -> Tensor:
+        p, q = self._forward_mix_weights()
         y, batch_stats = switch_norm(
-            x, self.weight, self.bias, self.mean_weight, self.var_weight,
+            x, self.weight, self.bias, p, q,
             eps=self.eps, bn=self._bn_source() if self.using_bn else None,
         )
         if batch_stats is not None:
@@ -128,21 +140,24 @@ class _SwitchNormBase(nn.Module):
         if hasattr(self, "running_mean"):
             running_mean = self.running_mean
             running_var = self.running_var
+        p, q = self.mix_weights()
         return switch_norm_inference(
-            x, self.weight, self.bias, self.mean_weight, self.var_weight,
-            running_mean, running_var, self.eps,
+            x, self.weight, self.bias, p, q, running_mean, running_var, self.eps
         )
 
     def _update_running_stats(self, mean_bn: Tensor, var_bn: Tensor, count: Tensor) -> None:
         raise NotImplementedError
 
+    @torch.jit.unused
     def shares(self) -> Dict[str, Dict[str, float]]:
-        """The current shares of the branches (softmax of the logits ``mean_weight`` and
-        ``var_weight``), e.g. {"mean": {"IN": 0.2, ...}, "var": {...}}; no "BN" entry without the
-        BN branch."""
+        """The current shares of the branches (:meth:`mix_weights`: softmax of the logits
+        ``mean_weight`` and ``var_weight`` for SN), e.g. {"mean": {"IN": 0.2, ...}, "var": {...}};
+        no "BN" entry without the BN branch. Reads them on the host."""
+        with torch.no_grad():
+            weights = self.mix_weights()
         return {
-            kind: dict(zip(BRANCHES, torch.softmax(logits.detach().float(), 0).tolist()))
-            for kind, logits in (("mean", self.mean_weight), ("var", self.var_weight))
+            kind: dict(zip(BRANCHES, w.float().tolist()))
+            for kind, w in zip(("mean", "var"), weights)
         }
 
     def importance(self) -> Dict[str, Dict[str, float]]:
@@ -266,6 +281,11 @@ class SwitchNorm2d(_SwitchNormBase):
         self.running_mean.lerp_(mean_bn, rate)
         self.running_var.lerp_(var_bn, rate)
 
+    def softmax_logits(self) -> Tuple[Tensor, Tensor]:
+        """Logits whose softmax is :meth:`mix_weights` (for SN the logits themselves): what a
+        frozen SN layer holds for this layer."""
+        return self.mean_weight, self.var_weight
+
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -324,14 +344,20 @@ class FrozenSwitchNorm2d(_SwitchNormBase):
     @classmethod
     def convert_frozen_switchnorm(cls, module: nn.Module) -> nn.Module:
         """Return ``module`` with every SwitchNorm2d (and subclass) in it replaced, in place where
-        it is a child, by a FrozenSwitchNorm2d holding a copy of its parameters and statistics."""
+        it is a child, by a FrozenSwitchNorm2d holding a copy of its parameters and statistics
+        (same device and dtype).
+        A sparse SN layer becomes the frozen SN layer with its current mix weights (one-hot
+        where fixed), held as logits whose softmax gives exactly those weights."""
         if isinstance(module, SwitchNorm2d):
             frozen = cls(module.num_features, module.eps, module.using_bn)
+            frozen = frozen.to(device=module.weight.device, dtype=module.weight.dtype)
             with torch.no_grad():
-                for name in TENSOR_NAMES:
+                for name in AFFINE_NAMES + RUNNING_NAMES:
                     if hasattr(frozen, name):
                         getattr(frozen, name).copy_(getattr(module, name))
-            return frozen.to(module.weight.device)
+                for name, logits in zip(LOGIT_NAMES, module.softmax_logits()):
+                    getattr(frozen, name).copy_(logits)
+            return frozen
         for name, child in module.named_children():
             new_child = cls.convert_frozen_switchnorm(child)
             if new_child is not child:

@@ -59,7 +59,7 @@ BatchNormSource = Union[None, Tuple[Tensor, Tensor], BatchReduction]
 class _Forward:
     """The forward computation; keeps what backward needs as attributes."""
 
-    def __init__(self, x, weight, bias, mean_logits, var_logits, eps, bn, kernels):
+    def __init__(self, x, weight, bias, p, q, eps, bn, kernels):
         mean_in, var_in = kernels.moments(x)
         mean_bn = var_bn = count = None
         self.reduction = bn if isinstance(bn, BatchReduction) else None
@@ -69,7 +69,7 @@ class _Forward:
         elif bn is not None:
             mean_bn, var_bn = bn  # running statistics
         scale, shift, self.saved = compiled_mix_forward(
-            mean_in, var_in, weight, bias, mean_logits, var_logits, mean_bn, var_bn, eps
+            mean_in, var_in, weight, bias, p, q, mean_bn, var_bn, eps
         )
         self.count = count
         self.batch_stats = None if count is None else (mean_bn, var_bn, count)
@@ -96,15 +96,15 @@ class _RefuseDoubleBackward(torch.autograd.Function):
 
 
 class _SwitchNormFunction(torch.autograd.Function):
-    """y = x * scale + shift, where (scale, shift) = mix_forward(moments(x), params)."""
+    """y = x * scale + shift, where (scale, shift) = mix_forward(moments(x), params, weights)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean_logits, var_logits, eps, bn, kernels, stats_out):
-        fwd = _Forward(x, weight, bias, mean_logits, var_logits, eps, bn, kernels)
+    def forward(ctx, x, weight, bias, p, q, eps, bn, kernels, stats_out):
+        fwd = _Forward(x, weight, bias, p, q, eps, bn, kernels)
         stats_out.append(fwd.batch_stats)
         ctx.save_for_backward(x, *fwd.saved)
         ctx.kernels, ctx.reduction, ctx.count = kernels, fwd.reduction, fwd.count
-        ctx.param_dtypes = (weight.dtype, bias.dtype, mean_logits.dtype, var_logits.dtype)
+        ctx.param_dtypes = (weight.dtype, bias.dtype, p.dtype, q.dtype)
         return fwd.y
 
     @staticmethod
@@ -159,7 +159,7 @@ def _opaque_kernels_unusable(x: Tensor) -> bool:
     return torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
-def _switch_norm_plain_ops(x, weight, bias, mean_logits, var_logits, eps, bn):
+def _switch_norm_plain_ops(x, weight, bias, p, q, eps, bn):
     """The same computation as plain PyTorch operations differentiated by autograd (the path for
     tracers and compilers; ``bn`` is not a process-group reduction)."""
     mean_in, var_in = PLAIN_KERNELS.moments(x)
@@ -171,7 +171,7 @@ def _switch_norm_plain_ops(x, weight, bias, mean_logits, var_logits, eps, bn):
     elif bn is not None:
         mean_bn, var_bn = bn
     scale, shift, _ = mix_forward(
-        mean_in, var_in, weight, bias, mean_logits, var_logits, mean_bn, var_bn, eps
+        mean_in, var_in, weight, bias, p, q, mean_bn, var_bn, eps
     )
     return PLAIN_KERNELS.apply(x, scale, shift), batch_stats
 
@@ -180,14 +180,16 @@ def switch_norm(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
-    mean_logits: Tensor,
-    var_logits: Tensor,
+    p: Tensor,
+    q: Tensor,
     *,
     eps: float,
     bn: BatchNormSource,
     kernels: Optional[SNKernels] = None,
 ) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor, Tensor]]]:
-    """Apply SN to a 4-D ``x`` with H*W > 0 (the modules handle inputs with no element).
+    """Apply SN to a 4-D ``x`` with H*W > 0 (the modules handle inputs with no element), with
+``p``/``q`` the mix weights of the means and variances (the layer's ``mix_weights()``: softmax
+of the logits for SN); their gradients flow back through whatever computed them.
 
     ``bn`` says where the BN branch takes its statistics from: None (no BN branch), a tuple
     (mean, var) (the running statistics), or a ``BatchReduction`` (the batch: ``LOCAL_BATCH`` for
@@ -203,11 +205,11 @@ def switch_norm(
             if not isinstance(bn, BatchReduction) and _exporting():
                 running_mean, running_var = (None, None) if bn is None else bn
                 y = switch_norm_inference(
-                    x, weight, bias, mean_logits, var_logits, running_mean, running_var, eps
+                    x, weight, bias, p, q, running_mean, running_var, eps
                 )
                 return y, None
             if not isinstance(bn, BatchReduction) or bn.traceable:
-                return _switch_norm_plain_ops(x, weight, bias, mean_logits, var_logits, eps, bn)
+                return _switch_norm_plain_ops(x, weight, bias, p, q, eps, bn)
             if _exporting():
                 raise RuntimeError(
                     "SyncSwitchNorm2d cannot be traced or exported while it synchronizes a "
@@ -217,14 +219,14 @@ def switch_norm(
         if kernels is None:
             kernels = select_kernels(x)
         needs_graph = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (x, weight, bias, mean_logits, var_logits)
+            t.requires_grad for t in (x, weight, bias, p, q)
         )
         if not needs_graph:
             # inference: no graph to build, same arithmetic
-            fwd = _Forward(x, weight, bias, mean_logits, var_logits, eps, bn, kernels)
+            fwd = _Forward(x, weight, bias, p, q, eps, bn, kernels)
             return fwd.y, fwd.batch_stats
         stats_out: list = []
         y = _SwitchNormFunction.apply(
-            x, weight, bias, mean_logits, var_logits, eps, bn, kernels, stats_out
+            x, weight, bias, p, q, eps, bn, kernels, stats_out
         )
         return y, stats_out[0]

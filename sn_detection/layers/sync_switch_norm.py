@@ -89,6 +89,9 @@ class SyncSwitchNorm2d(SwitchNorm2d):
     (gloo, NCCL) through ``torch.distributed``.
     """
 
+    # what revert_sync_switchnorm turns this class into
+    _unsynchronized_class = SwitchNorm2d
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._checked_across_processes = False
@@ -111,21 +114,22 @@ class SyncSwitchNorm2d(SwitchNorm2d):
     @classmethod
     def revert_sync_switchnorm(cls, module: nn.Module) -> nn.Module:
         """Return ``module`` with every SyncSwitchNorm2d in it replaced, in place where it is a
-        child, by a SwitchNorm2d with the same settings, parameters and statistics (what
-        deployment wants: inference has no processes to synchronize; an exported SyncSN model is
-        an SN model). Requires-grad flags, device and dtype are kept."""
+        child, by a SwitchNorm2d (a SparseSwitchNorm2d for the sparse form) with the same
+        settings, parameters, statistics and buffers (what deployment wants: inference has no
+        processes to synchronize; an exported SyncSN model is an SN model). Requires-grad flags,
+        device and dtype are kept; values are copied exactly."""
         if isinstance(module, cls):
-            plain = SwitchNorm2d(
+            plain = module._unsynchronized_class(
                 module.num_features,
                 eps=module.eps,
                 momentum=module.momentum,
                 using_moving_average=module.using_moving_average,
                 using_bn=module.using_bn,
-            )
+            ).to(device=module.weight.device, dtype=module.weight.dtype)
             plain.load_state_dict(module.state_dict())
-            if module.using_bn:
-                plain.nonfinite_updates.copy_(module.nonfinite_updates)
-            plain = plain.to(device=module.weight.device, dtype=module.weight.dtype)
+            with torch.no_grad():
+                for name, buffer in module.named_buffers(recurse=False):  # the unsaved ones too
+                    getattr(plain, name).copy_(buffer)
             for name, param in plain.named_parameters():
                 param.requires_grad_(getattr(module, name).requires_grad)
             return plain.train(module.training)

@@ -85,11 +85,11 @@ def test_portable_mixer_equals_mix_forward(using_bn):
     m, v = torch.randn(3, 6, dtype=torch.float64), torch.rand(3, 6, dtype=torch.float64)
     weight, bias = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
     k = 3 if using_bn else 2
-    logits = torch.randn(k, dtype=torch.float64), torch.randn(k, dtype=torch.float64)
+    weights = torch.rand(k, dtype=torch.float64), torch.rand(k, dtype=torch.float64)
     bn = (torch.randn(6, dtype=torch.float64), torch.rand(6, dtype=torch.float64))
     bn = bn if using_bn else (None, None)
-    got = mix_scale_shift(m, v, weight, bias, *logits, *bn, 1e-5)
-    want = mix_forward(m, v, weight, bias, *logits, *bn, 1e-5)[:2]
+    got = mix_scale_shift(m, v, weight, bias, *weights, *bn, 1e-5)
+    want = mix_forward(m, v, weight, bias, *weights, *bn, 1e-5)[:2]
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 
@@ -106,16 +106,14 @@ def test_portable_inference_equals_the_eager_layer_in_eval_mode(using_bn):
     m = random_sn(6, using_bn=using_bn).eval()
     x = torch.randn(3, 6, 5, 7, dtype=torch.float64) * 2 + 1
     stats = (m.running_mean, m.running_var) if using_bn else (None, None)
-    got = switch_norm_inference(x, m.weight, m.bias, m.mean_weight, m.var_weight, *stats, m.eps)
+    got = switch_norm_inference(x, m.weight, m.bias, *m.mix_weights(), *stats, m.eps)
     torch.testing.assert_close(got, m(x), rtol=1e-10, atol=1e-10)
 
 
 def test_portable_inference_gradcheck_in_float64():
     m = random_sn(4).eval()
     x = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
-    params = [
-        p.detach().clone().requires_grad_() for p in (m.weight, m.bias, m.mean_weight, m.var_weight)
-    ]
+    params = [p.detach().clone().requires_grad_() for p in (m.weight, m.bias, *m.mix_weights())]
 
     def fn(x, *params):
         return switch_norm_inference(x, *params, m.running_mean, m.running_var, m.eps)
@@ -197,12 +195,11 @@ class _OpaqueReduction(BatchReduction):
 
 
 def test_an_untraceable_batch_reduction_raises_under_trace():
-    m = random_sn(4, dtype=torch.float32)
+    m = random_sn(4, dtype=torch.float32).requires_grad_(False)  # no parameters as constants
 
     def fn(x):
-        return switch_norm(
-            x, m.weight, m.bias, m.mean_weight, m.var_weight, eps=1e-5, bn=_OpaqueReduction()
-        )[0]
+        p, q = m.mix_weights()
+        return switch_norm(x, m.weight, m.bias, p, q, eps=1e-5, bn=_OpaqueReduction())[0]
 
     with pytest.raises(RuntimeError, match="eval mode"):
         torch.jit.trace(fn, torch.randn(2, 4, 3, 3))

@@ -14,12 +14,12 @@ from sn_detection.layers.mixer import mix_backward, mix_forward
 EPS = 1e-5
 
 
-def plain_mix(m, v, weight, bias, mean_logits, var_logits, bn):
-    """SN's mixture as a direct transcription of the formulas, differentiated by autograd.
-    ``bn``: None, "batch" (this batch's statistics) or (mean, variance) given."""
+def plain_mix(m, v, weight, bias, p, q, bn):
+    """SN's mixture with mix weights p, q as a direct transcription of the formulas,
+    differentiated by autograd. ``bn``: None, "batch" (this batch's statistics) or (mean,
+    variance) given."""
     mean_ln = m.mean(1, keepdim=True)
     var_ln = v.mean(1, keepdim=True) + ((m - mean_ln) ** 2).mean(1, keepdim=True)
-    p, q = torch.softmax(mean_logits, 0), torch.softmax(var_logits, 0)
     mu = p[0] * m + p[1] * mean_ln
     var = q[0] * v + q[1] * var_ln
     if bn == "batch":
@@ -32,12 +32,11 @@ def plain_mix(m, v, weight, bias, mean_logits, var_logits, bn):
     return scale, bias - mu * scale
 
 
-def official_mix(m, v, weight, bias, mean_logits, var_logits):
+def official_mix(m, v, weight, bias, p, q):
     """The official code's formulas (batch statistics), E[v + m^2] - mean^2, for float64 checks."""
     s = v + m * m
     mean_ln, mean_bn = m.mean(1, keepdim=True), m.mean(0)
     var_ln, var_bn = s.mean(1, keepdim=True) - mean_ln**2, s.mean(0) - mean_bn**2
-    p, q = torch.softmax(mean_logits, 0), torch.softmax(var_logits, 0)
     mu = p[0] * m + p[1] * mean_ln + p[2] * mean_bn
     var = q[0] * v + q[1] * var_ln + q[2] * var_bn
     scale = weight / torch.sqrt(var + EPS)
@@ -45,7 +44,7 @@ def official_mix(m, v, weight, bias, mean_logits, var_logits):
 
 
 def _inputs(n, c, source, seed=0):
-    """Leaf tensors (m, v, weight, bias, mean_logits, var_logits[, mean_bn, var_bn])."""
+    """Leaf tensors (m, v, weight, bias, p, q[, mean_bn, var_bn]), p and q positive weights."""
     g = torch.Generator().manual_seed(seed)
     f64 = dict(generator=g, dtype=torch.float64)
     branches = 2 if source == "none" else 3
@@ -54,8 +53,8 @@ def _inputs(n, c, source, seed=0):
         torch.rand(n, c, **f64) + 0.1,
         torch.randn(c, **f64),
         torch.randn(c, **f64),
-        torch.randn(branches, **f64),
-        torch.randn(branches, **f64),
+        torch.rand(branches, **f64) + 0.1,
+        torch.rand(branches, **f64) + 0.1,
     ]
     if source == "given":
         ts += [torch.randn(c, **f64), torch.rand(c, **f64) + 0.1]
@@ -65,13 +64,13 @@ def _inputs(n, c, source, seed=0):
 def _ours(inputs, source, grad_scale, grad_shift):
     """Our forward and backward, with the batch statistics (source "batch") through
     batch_summary / split_summary / batch_statistics_backward as the layer runs them."""
-    m, v, weight, bias, mean_logits, var_logits, *bn = inputs
+    m, v, weight, bias, p, q, *bn = inputs
     mean_bn, var_bn = bn if bn else (None, None)
     with torch.no_grad():
         if source == "batch":
             mean_bn, var_bn, count = mixer.split_summary(mixer.batch_summary(m, v))
         scale, shift, saved = mix_forward(
-            m, v, weight, bias, mean_logits, var_logits, mean_bn, var_bn, EPS
+            m, v, weight, bias, p, q, mean_bn, var_bn, EPS
         )
         grads = list(mix_backward(grad_scale, grad_shift, saved))
         if source == "batch":

@@ -1,40 +1,11 @@
 import itertools
-import math
 
 import pytest
 import torch
 
 from sn_detection.layers.sparsestmax import is_one_hot, sparsemax, sparsestmax
-
-
-def reference_sparsemax(z):
-    """Sparsemax of a list of floats, by the textbook algorithm."""
-    s = sorted(z, reverse=True)
-    k = max(j for j in range(1, len(z) + 1) if 1 + j * s[j - 1] > sum(s[:j]))
-    tau = (sum(s[:k]) - 1) / k
-    return [max(v - tau, 0.0) for v in z]
-
-
-def reference_sparsestmax(z, r):
-    """SparsestMax as the SSN paper describes it, for a list of 2 or 3 floats."""
-    w = reference_sparsemax(z)
-    n = len(z)
-    u = 1.0 / n
-    d = math.sqrt(sum((v - u) ** 2 for v in w))
-    if d >= r or d < 1e-9:
-        return w
-    p = [u + r * (v - u) / d for v in w]
-    if min(p) >= 0:
-        return p
-    if n == 2:
-        return [1.0 if v > 0.5 else 0.0 for v in p]
-    # the edge (1/2 + t, 1/2 - t, 0) at distance r from u, t from the paper's formula
-    t = math.sqrt(2) * r * math.sin(math.acos(min(1.0, 1 / (math.sqrt(6) * r)))) / 2
-    t = min(t, 0.5)
-    order = sorted(range(3), key=lambda i: -p[i])
-    out = [0.0] * 3
-    out[order[0]], out[order[1]] = 0.5 + t, 0.5 - t
-    return out
+from sn_detection.testing import sparsemax_reference as reference_sparsemax
+from sn_detection.testing import sparsestmax_reference as reference_sparsestmax
 
 
 def _close(actual, expected, tol=1e-9):
@@ -59,12 +30,19 @@ def test_sparsemax_matches_the_textbook_algorithm_and_sums_to_one(z):
     assert w.sum().item() == pytest.approx(1.0) and w.min().item() >= 0
 
 
-@pytest.mark.parametrize("z,r", list(itertools.product(CASES, [0.0, 0.1, 0.3, 0.45, 0.6, 0.8, 1.0])))
+@pytest.mark.parametrize(
+    "z,r", list(itertools.product(CASES, [0.0, 0.1, 0.3, 0.45, 0.6, 0.8, 1.0]))
+)
 def test_sparsestmax_matches_the_reference(z, r):
-    _close(sparsestmax(torch.tensor(z, dtype=torch.float64), torch.tensor(r, dtype=torch.float64)), reference_sparsestmax(z, r))
+    _close(
+        sparsestmax(torch.tensor(z, dtype=torch.float64), torch.tensor(r, dtype=torch.float64)),
+        reference_sparsestmax(z, r),
+    )
 
 
-@pytest.mark.parametrize("z,r", list(itertools.product([[0.3, -0.2], [1.0, 1.0], [0.0, 4.0]], [0.0, 0.3, 1.0])))
+@pytest.mark.parametrize(
+    "z,r", list(itertools.product([[0.3, -0.2], [1.0, 1.0], [0.0, 4.0]], [0.0, 0.3, 1.0]))
+)
 def test_sparsestmax_of_two_statistics_matches_the_reference(z, r):
     _close(sparsestmax(torch.tensor(z, dtype=torch.float64), r), reference_sparsestmax(z, r))
 
@@ -117,7 +95,9 @@ def test_gradcheck_in_float64(r):
     # points away from the kinks (ties, the circle, the simplex's faces)
     z = torch.tensor([[0.31, 0.02, -0.4], [0.2, -0.05, 0.1], [1.3, 0.9, -2.0]], dtype=torch.float64)
     z.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda t: sparsestmax(t, torch.tensor(r, dtype=torch.float64)), (z,))
+    assert torch.autograd.gradcheck(
+        lambda t: sparsestmax(t, torch.tensor(r, dtype=torch.float64)), (z,)
+    )
 
 
 def test_four_statistics_are_refused():

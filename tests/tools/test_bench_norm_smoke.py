@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_norm.py"
-LAYERS = ("SN ours", "SN ours, plain", "SN reference", "BatchNorm2d", "GroupNorm(32)")
+LAYERS = ("SN ours", "SSN ours", "SN ours, plain", "SN reference", "BatchNorm2d", "GroupNorm(32)")
 
 
 def test_bench_norm_quick_prints_the_table():
