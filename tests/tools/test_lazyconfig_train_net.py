@@ -47,9 +47,9 @@ def test_trains_in_bfloat16_on_the_cpu_evaluates_and_eval_only_reproduces_the_ap
     # the precise pass ran after the last iteration, before the checkpoint and the evaluation
     assert "Running precise SN/BN statistics for 2 iterations" in log
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
-    losses = [r["total_loss"] for r in records if "total_loss" in r]
-    assert len(losses) == 1 and math.isfinite(losses[0])  # written after the last iteration
-    assert "sn/BN_mean" in records[-1]  # the SN shares are written
+    trained = [r for r in records if "total_loss" in r]  # written after the last iteration
+    assert len(trained) == 1 and math.isfinite(trained[0]["total_loss"])
+    assert "[metric]sn/BN_mean" in trained[0]  # the SN shares are written with the losses
     metrics = copypaste_metrics(log)
     assert set(metrics) == {"bbox", "segm"}, log[-2000:]
     # default_setup saved the config as YAML: it loads back and builds SN layers
