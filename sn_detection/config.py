@@ -11,10 +11,11 @@ def add_sn_config(cfg: CN) -> None:
     """Add the ``MODEL.SN`` and ``MODEL.REGNETS`` namespaces and ``SOLVER.AMP.PRECISION`` to
     ``cfg`` (in place).
 
-    The norm of each part is chosen by detectron2's own keys, which accept "SN", "SyncSN" and every
+    The norm of each part is chosen by detectron2's own keys, which accept "SN", "SyncSN", "SSN",
+    "SyncSSN" and every
     detectron2 norm name with the builders of sn_detection.modeling: MODEL.RESNETS.NORM,
     MODEL.FPN.NORM, MODEL.ROI_BOX_HEAD.NORM, MODEL.ROI_MASK_HEAD.NORM, MODEL.RETINANET.NORM,
-    MODEL.SEM_SEG_HEAD.NORM. ``MODEL.SN`` configures every SN/SyncSN layer of the model.
+    MODEL.SEM_SEG_HEAD.NORM. ``MODEL.SN`` configures every SN layer of the model (sparse included).
     """
     cfg.MODEL.SN = CN()
     # Share of the new batch statistic in the running statistics, in [0, 1] (PyTorch's
@@ -38,6 +39,12 @@ def add_sn_config(cfg: CN) -> None:
     cfg.MODEL.SN.WEIGHT_DECAY_LOGITS = 0.0
     # Deprecated name of WEIGHT_DECAY_LOGITS: when set, its value is used, with a warning.
     cfg.MODEL.SN.WEIGHT_DECAY_IMPORTANCE = None
+    # Sparse SN (norm "SSN"/"SyncSSN"): the logits' learning rate is SOLVER.BASE_LR times this
+    # factor, > 0 (the authors: 0.1); they take no weight decay.
+    cfg.MODEL.SN.SSN_LOGITS_LR_FACTOR = 0.1
+    # Sparse SN: the gradient of all SSN logits together is clipped to this norm before each
+    # step, >= 0 (the authors: 1.0); 0 disables. Other parameters are not clipped by it.
+    cfg.MODEL.SN.SSN_LOGITS_CLIP_NORM = 1.0
 
     # RegNet backbones from YAML (MODEL.BACKBONE.NAME build_sn_regnet_backbone or
     # build_sn_regnet_fpn_backbone; detectron2 builds RegNet only from LazyConfig). The keys are
@@ -119,3 +126,17 @@ def weight_decay_logits(cfg: CN) -> float:
         sn.get("WEIGHT_DECAY_IMPORTANCE"),
         0.0,
     )
+
+
+def ssn_logits_options(cfg: CN) -> dict:
+    """``MODEL.SN.SSN_LOGITS_LR_FACTOR`` and ``SSN_LOGITS_CLIP_NORM`` as the keyword arguments
+    ``ssn_logits_lr_factor``/``ssn_logits_clip_norm`` of ``solver.get_sn_optimizer_params``."""
+    sn = cfg.MODEL.SN
+    factor, clip = sn.SSN_LOGITS_LR_FACTOR, sn.SSN_LOGITS_CLIP_NORM
+    if not isinstance(factor, (int, float)) or not factor > 0:
+        raise InputError(f"MODEL.SN.SSN_LOGITS_LR_FACTOR must be > 0 (e.g. 0.1), got {factor!r}")
+    if not isinstance(clip, (int, float)) or not clip >= 0:
+        raise InputError(
+            f"MODEL.SN.SSN_LOGITS_CLIP_NORM must be >= 0 (e.g. 1.0; 0 disables), got {clip!r}"
+        )
+    return {"ssn_logits_lr_factor": float(factor), "ssn_logits_clip_norm": float(clip)}

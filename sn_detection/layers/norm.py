@@ -13,6 +13,7 @@ from detectron2.layers import get_norm as d2_get_norm
 from torch import nn
 
 from ..utils.cli import InputError
+from .sparse_switch_norm import SparseSwitchNorm2d, SyncSparseSwitchNorm2d
 from .switch_norm import SwitchNorm2d
 from .sync_switch_norm import SyncSwitchNorm2d
 
@@ -49,6 +50,8 @@ def register_norm(name: str, constructor: Callable[..., nn.Module]) -> None:
 
 register_norm("SN", SwitchNorm2d)
 register_norm("SyncSN", SyncSwitchNorm2d)
+register_norm("SSN", SparseSwitchNorm2d)  # sparse SN: each layer ends on one of IN, LN, BN
+register_norm("SyncSSN", SyncSparseSwitchNorm2d)
 
 
 def valid_norm_names() -> List[str]:
@@ -75,8 +78,8 @@ def get_norm(
         norm: "" or None for no norm (returns None); a name from :func:`valid_norm_names`; or a
             callable ``channels -> nn.Module``.
         key: where ``norm`` was given, for the error message.
-        sn_options: keyword arguments for the norms registered here (SN: eps, momentum,
-            using_moving_average, using_bn); detectron2's norms ignore them.
+        sn_options: keyword arguments for the norms registered here (SN and SSN: eps,
+            momentum, using_moving_average, using_bn); detectron2's norms ignore them.
     Raises:
         UnknownNormError: for an unknown name, listing the valid ones.
     """

@@ -4,7 +4,9 @@ import pytest
 from torch import nn
 
 from sn_detection.layers import (
+    SparseSwitchNorm2d,
     SwitchNorm2d,
+    SyncSparseSwitchNorm2d,
     SyncSwitchNorm2d,
     get_norm,
     norm_factory,
@@ -20,6 +22,13 @@ def test_sn_names_build_sn_layers_with_options():
     assert type(sn) is SwitchNorm2d and sn.num_features == 8
     assert sn.momentum == 0.2 and not sn.using_bn
     assert type(get_norm("SyncSN", 8)) is SyncSwitchNorm2d
+
+
+def test_ssn_names_build_sparse_sn_layers_with_options():
+    ssn = get_norm("SSN", 8, momentum=0.2, using_bn=False)
+    assert type(ssn) is SparseSwitchNorm2d and ssn.momentum == 0.2 and not ssn.using_bn
+    assert type(get_norm("SyncSSN", 8)) is SyncSparseSwitchNorm2d
+    assert {"SSN", "SyncSSN"} <= set(valid_norm_names())
 
 
 @pytest.mark.parametrize("name", DETECTRON2_NORMS)

@@ -20,7 +20,13 @@ from detectron2.modeling import (
     build_model,
 )
 
-from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d, SyncSwitchNorm2d
+from sn_detection.layers import (
+    FrozenSwitchNorm2d,
+    SparseSwitchNorm2d,
+    SwitchNorm2d,
+    SyncSparseSwitchNorm2d,
+    SyncSwitchNorm2d,
+)
 from sn_detection.modeling import SN_BUILDERS, CycleSwitchNormList, check_sn_builders
 from sn_detection.solver import build_sn_optimizer
 from sn_detection.testing import CONFIGS, load_config
@@ -83,7 +89,15 @@ def test_every_detectron2_builder_that_takes_a_norm_has_an_sn_twin():
         assert ours in registry, f"{ours} is not registered where {stock} is"
 
 
-@pytest.mark.parametrize("norm, layer", [("SN", SwitchNorm2d), ("SyncSN", SyncSwitchNorm2d)])
+@pytest.mark.parametrize(
+    "norm, layer",
+    [
+        ("SN", SwitchNorm2d),
+        ("SyncSN", SyncSwitchNorm2d),
+        ("SSN", SparseSwitchNorm2d),
+        ("SyncSSN", SyncSparseSwitchNorm2d),
+    ],
+)
 @pytest.mark.parametrize("path", list(NORM_KEYS), ids=lambda p: p.stem)
 def test_sn_and_syncsn_reach_every_norm_the_model_reads(path, norm, layer):
     model = build_model(_with_norm(path, norm))
@@ -218,7 +232,8 @@ UNKNOWN = [
 def test_an_unknown_norm_name_lists_the_valid_names(path, node):
     cfg = load_config(path, f"MODEL.{node}.NORM", "SwitchNorm")
     message = (
-        rf"MODEL\.{node}\.NORM is 'SwitchNorm', which is not a norm\. Valid names: SN, SyncSN, BN"
+        rf"MODEL\.{node}\.NORM is 'SwitchNorm', which is not a norm\. "
+        r"Valid names: SN, SyncSN, SSN, SyncSSN, BN"
     )
     with pytest.raises(InputError, match=message):
         check_sn_builders(cfg)
