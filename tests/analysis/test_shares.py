@@ -1,11 +1,12 @@
 """SN shares of a model (sn_detection.analysis.shares): every SN layer, frozen ones included, in
 network order, equal to the softmax of its logits."""
 
+import pytest
 import torch
 from torch import nn
 
 from sn_detection.analysis import model_shares, part_of, share_scalars
-from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d
+from sn_detection.layers import FrozenSwitchNorm2d, SparseSwitchNorm2d, SwitchNorm2d, set_ssn_radius
 
 
 def test_part_and_short_name_come_from_the_module_name():
@@ -42,3 +43,13 @@ def test_training_scalars_keep_their_names():
     assert {"sn/0/mean_IN", "sn/0/var_BN", "[metric]sn/BN_mean", "[metric]sn/BN_var"} <= set(
         scalars
     )
+
+
+def test_model_shares_of_a_sparse_sn_layer_are_its_sparsestmax_weights():
+    layer = SparseSwitchNorm2d(4)
+    with torch.no_grad():
+        layer.mean_weight.copy_(torch.tensor([0.9, 0.1, 0.0]))
+    set_ssn_radius(layer, 0.2)
+    (shares,) = model_shares(nn.Sequential(layer))
+    want = dict(zip(("IN", "LN", "BN"), layer.mix_weights()[0].tolist()))
+    assert shares.mean == pytest.approx(want, abs=1e-6) and shares.mean["BN"] == 0.0
