@@ -1,5 +1,6 @@
 """Every new architecture with SN trains a few iterations and evaluates on the CPU; with SyncSN on
-2 gloo processes its running statistics stay equal across the processes."""
+2 gloo processes its running statistics stay equal across the processes; an SSN detector trained
+with the radius rising to 1 ends with every SSN layer fixed."""
 
 import math
 
@@ -95,3 +96,40 @@ def test_syncsn_on_two_processes_gives_equal_statistics_on_both():
         for k, (sa, sb) in enumerate(zip(a["stats"], b["stats"])):
             assert sa.abs().sum() > 0, (name, k)
             torch.testing.assert_close(sa, sb, rtol=1e-4, atol=1e-5, msg=f"{name} layer {k}")
+
+
+def test_ssn_detector_trained_with_the_radius_rising_ends_with_every_ssn_layer_fixed():
+    """Mask R-CNN with SSN in every norm key, MAX_ITER 6, radius iter / MAX_ITER before each
+    step and hold_fixed_logits after it (what the training hook does): every layer ends one-hot."""
+    from detectron2.data import build_detection_train_loader
+    from detectron2.engine import HookBase, SimpleTrainer
+    from detectron2.modeling import build_model
+
+    from sn_detection import build_sn_optimizer
+    from sn_detection.layers import hold_fixed_logits, set_ssn_radius, sparse_switch_norms
+
+    opts = []
+    for node in ("RESNETS", "FPN", "ROI_BOX_HEAD", "ROI_MASK_HEAD"):
+        opts += [f"MODEL.{node}.NORM", "SSN"]
+    cfg = load_config(SMOKE / "mask_rcnn_sn_smoke.yaml", "SOLVER.MAX_ITER", "6", *opts)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    max_iter = cfg.SOLVER.MAX_ITER
+
+    class RadiusSchedule(HookBase):
+        def before_step(self):
+            set_ssn_radius(model, self.trainer.iter / max_iter)
+
+        def after_step(self):
+            hold_fixed_logits(model)
+
+    optimizer = build_sn_optimizer(cfg, model)
+    trainer = SimpleTrainer(model, build_detection_train_loader(cfg), optimizer)
+    trainer.register_hooks([RadiusSchedule()])
+    trainer.train(0, max_iter)
+    layers = [layer for _, layer in sparse_switch_norms(model)]
+    assert len(layers) > 10
+    assert all(layer.mean_fixed.item() == 1 and layer.var_fixed.item() == 1 for layer in layers)
+    for layer in layers:
+        for weights in layer.mix_weights():
+            assert sorted(weights.tolist())[-1] == 1.0 and weights.sum().item() == 1.0
