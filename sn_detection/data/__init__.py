@@ -14,3 +14,5 @@ register_shapes_task_datasets()
 register_clutter_dataset()
 register_nuclei_dataset()
 register_env_datasets()
+
+__all__ = ["KEYPOINT_OKS_SIGMAS", "prepare_shapes_dataset"]

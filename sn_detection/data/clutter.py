@@ -26,9 +26,8 @@ from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_util
 
-from .embedded import EmbeddedDataset
+from .embedded import EmbeddedDataset, mask_annotation
 
 CATEGORIES = ("disc", "square", "triangle", "star", "ring")
 # class -> (hue centre in degrees, textures it draws from, their probabilities)
@@ -159,18 +158,6 @@ def _distractor(image, rng, h, w) -> np.ndarray:
     return mask
 
 
-def _annotation(category_id: int, visible: np.ndarray) -> Dict:
-    """A COCO annotation (without ids): the visible mask as compressed RLE, its box and area."""
-    rle = mask_util.encode(np.asfortranarray(visible.astype(np.uint8)))
-    return {
-        "category_id": category_id,
-        "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
-        "bbox": [float(v) for v in mask_util.toBbox(rle)],
-        "area": float(mask_util.area(rle)),
-        "iscrowd": 0,
-    }
-
-
 def _make_image(rng: np.random.RandomState) -> Tuple[np.ndarray, List[Dict]]:
     h, w = (int(v) for v in rng.randint(MIN_SIDE, MAX_SIDE + 1, size=2))
     image = _background(rng, h, w)
@@ -196,7 +183,7 @@ def _make_image(rng: np.random.RandomState) -> Tuple[np.ndarray, List[Dict]]:
         covered |= mask
         area = int(visible.sum())
         if area >= MIN_PIXELS and area >= MIN_VISIBLE * mask.sum():
-            annotations.append(_annotation(category + 1, visible))
+            annotations.append(mask_annotation(category + 1, visible))
     image = np.clip(image, 0, 255).astype(np.uint8)
     return image, annotations[::-1]
 

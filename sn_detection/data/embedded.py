@@ -20,10 +20,23 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from filelock import FileLock
+from pycocotools import mask as mask_util
 
 logger = logging.getLogger(__name__)
 
 ImageGenerator = Callable[[np.random.RandomState], Tuple[np.ndarray, List[Dict]]]
+
+
+def mask_annotation(category_id: int, visible: np.ndarray) -> Dict:
+    """A COCO annotation (without ids): the visible mask as compressed RLE, its box and area."""
+    rle = mask_util.encode(np.asfortranarray(visible.astype(np.uint8)))
+    return {
+        "category_id": category_id,
+        "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
+        "bbox": [float(v) for v in mask_util.toBbox(rle)],
+        "area": float(mask_util.area(rle)),
+        "iscrowd": 0,
+    }
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,7 @@ from typing import Dict, List, Tuple
 import cv2
 import numpy as np
 
-from .clutter import _annotation
-from .embedded import EmbeddedDataset
+from .embedded import EmbeddedDataset, mask_annotation
 
 CATEGORIES = ("nucleus",)
 # split -> (number of images, seed)
@@ -93,7 +92,7 @@ def _make_image(rng: np.random.RandomState) -> Tuple[np.ndarray, List[Dict]]:
         covered |= mask
         area = int(visible.sum())
         if area >= MIN_PIXELS and area >= MIN_VISIBLE * mask.sum():
-            annotations.append(_annotation(1, visible))
+            annotations.append(mask_annotation(1, visible))
     return np.clip(image, 0, 255).astype(np.uint8), annotations[::-1]
 
 
