@@ -13,10 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from .sparsestmax import is_one_hot, sparsestmax
-from .switch_norm import LOGIT_NAMES, SwitchNorm2d
+from .switch_norm import LOGIT_NAMES, SSN_BUFFER_NAMES, SwitchNorm2d
 from .sync_switch_norm import SyncSwitchNorm2d
-
-SSN_BUFFER_NAMES = ("radius", "mean_fixed", "var_fixed")  # saved with the model, as the authors'
 
 # a logit whose softmax share is exactly 0 in float16 and wider types
 _ZERO_SHARE_LOGIT = -1e4
@@ -30,6 +28,8 @@ class _SparseMixin:
     shape (1,), 0 or 1, as the official ``SSN2d``). Not saved: ``choice`` (2, K), the one-hot
     weights of the mean and variance vectors once fixed, rebuilt from the logits on loading
     (``hold_fixed_logits`` keeps a fixed layer's logits at its choice)."""
+
+    _holds_sparse_state = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -15,6 +15,7 @@ AFFINE_NAMES = ("weight", "bias")
 LOGIT_NAMES = ("mean_weight", "var_weight")  # the learned logits; their softmax gives the shares
 RUNNING_NAMES = ("running_mean", "running_var")
 TENSOR_NAMES = AFFINE_NAMES + LOGIT_NAMES + RUNNING_NAMES
+SSN_BUFFER_NAMES = ("radius", "mean_fixed", "var_fixed")  # what sparse SN layers save besides
 
 
 def _flatten_official_layout(state_dict: dict, prefix: str, num_features: int) -> None:
@@ -169,12 +170,41 @@ class _SwitchNormBase(nn.Module):
         )
         return self.shares()
 
+    # whether the layer keeps sparse SN's radius and fixed flags (else it absorbs them on loading)
+    _holds_sparse_state = False
+    # whether loading a sparse SN layer's state warns (a frozen layer takes it silently)
+    _warns_on_sparse_state = True
+
+    def _absorb_sparse_state(self, state_dict, prefix: str) -> None:
+        """A sparse SN layer's state loaded here (an SSN checkpoint into SN, or a frozen stage of
+        an SSN model): its logits become logits whose softmax is its mix weights (one-hot where
+        fixed), and its radius and fixed flags are dropped."""
+        keys = [prefix + name for name in SSN_BUFFER_NAMES + LOGIT_NAMES]
+        if self._holds_sparse_state or not all(key in state_dict for key in keys):
+            return
+        from .sparse_switch_norm import SparseSwitchNorm2d  # it builds on this module
+
+        logits = [torch.as_tensor(state_dict[prefix + name]) for name in LOGIT_NAMES]
+        sparse = SparseSwitchNorm2d(1, using_bn=logits[0].numel() == 3).double()
+        sparse_state = {name: torch.as_tensor(state_dict.pop(prefix + name)) for name in keys[:3]}
+        sparse.load_state_dict({**sparse_state, **dict(zip(LOGIT_NAMES, logits))}, strict=False)
+        for name, old, new in zip(LOGIT_NAMES, logits, sparse.softmax_logits()):
+            state_dict[prefix + name] = new.to(old.dtype)
+        if self._warns_on_sparse_state:
+            warnings.warn(
+                f"loading sparse SN (SSN) layers into {type(self).__name__} layers: each keeps "
+                "its SSN mix weights (one-hot where fixed) as logits whose softmax they are; "
+                "the radius and fixed flags are dropped (build the model with norm SSN to "
+                "continue SSN training)"
+            )
+
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
         version = local_metadata.get("version")
         if version is None or version < 2:
             _flatten_official_layout(state_dict, prefix, self.num_features)
+        self._absorb_sparse_state(state_dict, prefix)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -311,7 +341,8 @@ class FrozenSwitchNorm2d(_SwitchNormBase):
     running statistics; the IN and LN statistics are still computed from each sample, so this
     equals ``SwitchNorm2d`` in eval mode, in train mode too. Gradients still flow to the input.
     Used for the stages that ``MODEL.BACKBONE.FREEZE_AT`` freezes. Loads SwitchNorm2d state dicts
-    (their batch count ``num_batches`` is ignored).
+    (their batch count ``num_batches`` is ignored) and sparse SN ones (its mix weights, one-hot
+    where fixed, become logits whose softmax they are).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, using_bn: bool = True):
@@ -326,6 +357,7 @@ class FrozenSwitchNorm2d(_SwitchNormBase):
             self.register_buffer("running_var", torch.ones(num_features))
 
     _batch_statistics_in_training: torch.jit.Final[bool] = False
+    _warns_on_sparse_state = False  # the frozen stages of an SSN model
 
     def _bn_source(self) -> BatchNormSource:
         return (self.running_mean, self.running_var)

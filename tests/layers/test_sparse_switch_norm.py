@@ -286,3 +286,27 @@ def test_sync_ssn_on_two_processes_equals_ssn_on_the_whole_batch():
         torch.testing.assert_close(ranks[0]["grads"][name], p.grad)
     for name, b in m.named_buffers():
         torch.testing.assert_close(ranks[1]["buffers"][name], b)
+
+
+def _trained_ssn_state():
+    m = _ssn(radius=0.0)
+    _train(m, [i / 8 for i in range(9)])
+    return m.eval(), m.state_dict()
+
+
+def test_frozen_layer_loads_an_ssn_state_as_its_one_hot_weights_silently(recwarn):
+    m, state = _trained_ssn_state()
+    frozen = FrozenSwitchNorm2d(C).double()
+    frozen.load_state_dict(state)
+    assert not [w for w in recwarn if "sparse SN" in str(w.message)]
+    for kind in ("mean", "var"):
+        assert sorted(frozen.shares()[kind].values()) == [0.0, 0.0, 1.0]
+    torch.testing.assert_close(frozen(_x(2)), m(_x(2)), rtol=1e-12, atol=1e-12)
+
+
+def test_sn_layer_loads_an_ssn_state_with_a_warning_keeping_the_choice():
+    m, state = _trained_ssn_state()
+    sn = SwitchNorm2d(C).double().eval()
+    with pytest.warns(UserWarning, match="radius and fixed flags are dropped"):
+        sn.load_state_dict(state)
+    torch.testing.assert_close(sn(_x(2)), m(_x(2)), rtol=1e-12, atol=1e-12)
