@@ -66,9 +66,10 @@ def do_train(args, cfg):
     trainer = lazy_train_loop(cfg, model, train_loader, optim)
     checkpointer = SNCheckpointer(model, cfg.train.output_dir, optimizer=optim, trainer=trainer)
     main_process = comm.is_main_process()
-    nonfinite, precise, shares = lazy_sn_hooks(cfg, model, main_process)
+    schedule, nonfinite, precise, shares = lazy_sn_hooks(cfg, model, main_process)
     trainer.register_hooks(
         [
+            schedule,  # before the checkpointer
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             nonfinite,

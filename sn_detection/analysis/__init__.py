@@ -19,6 +19,7 @@ from .shares import (
     scalar_name,
     share_scalars,
     shares_from_logits,
+    softmax_logits_of,
     state_dict_shares,
     summarize,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "scalar_name",
     "share_scalars",
     "shares_from_logits",
+    "softmax_logits_of",
     "state_dict_shares",
     "summarize",
 ]

@@ -139,10 +139,10 @@ def model_shares(model: nn.Module) -> List[LayerShares]:
     """The shares of every SN layer of ``model`` (frozen ones included), in network order; for
     sparse SN layers their sparsestmax weights (given as logits whose softmax they are)."""
     layers = named_switch_norms(_unwrap(model))
-    return shares_from_logits((n, *_softmax_logits(m)) for n, m in layers)
+    return shares_from_logits((n, *softmax_logits_of(m)) for n, m in layers)
 
 
-def _softmax_logits(layer: nn.Module) -> Tuple[Tensor, Tensor]:
+def softmax_logits_of(layer: nn.Module) -> Tuple[Tensor, Tensor]:
     """Logits whose softmax is the layer's mix weights (SN and frozen SN: its own logits)."""
     if hasattr(layer, "softmax_logits"):
         return layer.softmax_logits()

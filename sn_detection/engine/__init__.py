@@ -7,7 +7,13 @@ from .amp import AutocastTrainer, autocast_dtype, build_train_loop
 from .arguments import parse_train_args
 from .config_checks import lazy_training_config, yaml_training_config
 from .defaults import ddp_arguments, launch, resolve_device
-from .hooks import NonFiniteBatchWarner, PreciseSN, SNSharesWriter, has_statistics_to_update
+from .hooks import (
+    NonFiniteBatchWarner,
+    PreciseSN,
+    SNSharesWriter,
+    SSNSchedule,
+    has_statistics_to_update,
+)
 from .precise_sn import get_sn_modules, update_sn_stats
 from .resume import check_resume, resume_checkpoint, resume_or_load
 from .trainer import SNTrainer
@@ -17,6 +23,7 @@ __all__ = [
     "NonFiniteBatchWarner",
     "PreciseSN",
     "SNSharesWriter",
+    "SSNSchedule",
     "SNTrainer",
     "autocast_dtype",
     "build_train_loop",

@@ -1,6 +1,6 @@
 """Training hooks for SN models: the learned shares in the EventStorage (:class:`SNSharesWriter`),
-precise statistics (:class:`PreciseSN`), and a warning for batches whose statistics were not
-finite (:class:`NonFiniteBatchWarner`)."""
+precise statistics (:class:`PreciseSN`), a warning for batches whose statistics were not
+finite (:class:`NonFiniteBatchWarner`), and sparse SN's radius schedule (:class:`SSNSchedule`)."""
 
 import itertools
 import logging
@@ -11,8 +11,14 @@ from detectron2.utils.events import EventStorage
 from fvcore.nn.precise_bn import get_bn_modules
 from torch import nn
 
-from ..analysis import share_scalars, shares_from_logits
-from ..layers import named_switch_norms, nonfinite_batches
+from ..analysis import share_scalars, shares_from_logits, softmax_logits_of
+from ..layers import (
+    hold_fixed_logits,
+    named_switch_norms,
+    nonfinite_batches,
+    set_ssn_radius,
+    sparse_switch_norms,
+)
 from ..utils.cli import InputError
 from .precise_sn import get_sn_modules, update_sn_stats, why_nothing_to_update
 
@@ -49,7 +55,7 @@ class SNSharesWriter(HookBase):
 
     def write(self) -> None:
         """Put the current shares into the trainer's EventStorage at its current iteration."""
-        layers = shares_from_logits((n, m.mean_weight, m.var_weight) for n, m in self._layers)
+        layers = shares_from_logits((n, *softmax_logits_of(m)) for n, m in self._layers)
         self.trainer.storage.put_scalars(smoothing_hint=False, **share_scalars(layers))
 
 
@@ -146,3 +152,29 @@ class PreciseSN(hooks.PreciseBN):
 def has_statistics_to_update(model: nn.Module) -> bool:
     """Whether the precise pass recomputes anything in ``model`` (SN or BN layers to update)."""
     return bool(get_sn_modules(model) or get_bn_modules(model))
+
+
+class SSNSchedule(HookBase):
+    """Sparse SN's schedule: before each step, the radius of every SSN layer is
+    ``iter / max_iter`` (0 at the start, (max_iter - 1) / max_iter at the last step, which is
+    past every vertex: each layer ends fixed), also right after ``--resume``, and the same on
+    every process; after each step, :func:`~sn_detection.layers.hold_fixed_logits` keeps the
+    logits of fixed layers where they were (no weight decay, no momentum drift). Register it
+    before the checkpointer, so that checkpoints hold the held logits. Device-only, no sync."""
+
+    def __init__(self, model: nn.Module, max_iter: int):
+        if max_iter <= 0:
+            raise InputError(f"SSNSchedule: max_iter must be positive, got {max_iter}")
+        self._model = _unwrap(model)
+        self._max_iter = max_iter
+
+    def before_step(self):
+        set_ssn_radius(self._model, min(self.trainer.iter / self._max_iter, 1.0))
+
+    def after_step(self):
+        hold_fixed_logits(self._model)
+
+
+def has_sparse_switch_norms(model: nn.Module) -> bool:
+    """Whether ``model`` has a sparse SN layer (so needs :class:`SSNSchedule`)."""
+    return any(True for _ in sparse_switch_norms(_unwrap(model)))

@@ -14,7 +14,13 @@ from torch import nn
 from ..evaluation import build_sn_evaluator
 from ..layers import named_switch_norms
 from .amp import LAZY_AMP_KEYS, build_train_loop
-from .hooks import NonFiniteBatchWarner, PreciseSN, SNSharesWriter
+from .hooks import (
+    NonFiniteBatchWarner,
+    PreciseSN,
+    SNSharesWriter,
+    SSNSchedule,
+    has_sparse_switch_norms,
+)
 
 __all__ = ["lazy_evaluator", "lazy_precise_sn", "lazy_sn_hooks", "lazy_train_loop"]
 
@@ -65,12 +71,13 @@ def lazy_precise_sn(cfg: Any, model: nn.Module) -> Optional[PreciseSN]:
 
 
 def lazy_sn_hooks(cfg: Any, model: nn.Module, main_process: bool) -> List[Optional[HookBase]]:
-    """The SN hooks in the order detectron2's hook list takes them: the non-finite batch warner
-    (after the LR scheduler), the precise pass (before the checkpointer and the evaluation), and
-    on the main process the shares writer (before the writers). None where a hook does not
-    apply; register each at its place."""
+    """The SN hooks in the order detectron2's hook list takes them: sparse SN's radius schedule
+    (first), the non-finite batch warner (after the LR scheduler), the precise pass (before the
+    checkpointer and the evaluation), and on the main process the shares writer (before the
+    writers). None where a hook does not apply; register each at its place."""
     sn_layers = any(True for _ in named_switch_norms(model))
     return [
+        SSNSchedule(model, cfg.train.max_iter) if has_sparse_switch_norms(model) else None,
         NonFiniteBatchWarner(model, cfg.train.log_period) if sn_layers else None,
         lazy_precise_sn(cfg, model),
         SNSharesWriter(model, cfg.train.log_period) if main_process and sn_layers else None,

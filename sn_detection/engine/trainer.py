@@ -18,7 +18,14 @@ from ..layers import named_switch_norms
 from ..solver import build_sn_optimizer
 from .amp import build_train_loop
 from .defaults import ddp_arguments
-from .hooks import WRITER_PERIOD, NonFiniteBatchWarner, PreciseSN, SNSharesWriter
+from .hooks import (
+    WRITER_PERIOD,
+    NonFiniteBatchWarner,
+    PreciseSN,
+    SNSharesWriter,
+    SSNSchedule,
+    has_sparse_switch_norms,
+)
 from .resume import resume_or_load
 
 __all__ = ["DETECTRON2_INIT", "SNTrainer"]
@@ -73,7 +80,7 @@ class SNTrainer(DefaultTrainer):
         """detectron2's hooks, with: NonFiniteBatchWarner after the LR scheduler; PreciseSN in
         PreciseBN's place (SN and BN statistics in one pass, before the checkpointer and the
         evaluation); SNSharesWriter just before the writers, so its scalars are written with
-        theirs."""
+        theirs; SSNSchedule first where the model has sparse SN layers."""
         ret = [h for h in super().build_hooks() if not isinstance(h, hooks.PreciseBN)]
         sn_layers = any(True for _ in named_switch_norms(self.model))
         if sn_layers:
@@ -92,6 +99,8 @@ class SNTrainer(DefaultTrainer):
             before = (hooks.PeriodicCheckpointer, hooks.EvalHook)
             first = next((i for i, h in enumerate(ret) if isinstance(h, before)), len(ret))
             ret.insert(first, precise)
+        if has_sparse_switch_norms(self.model):
+            ret.insert(0, SSNSchedule(self.model, self.max_iter))  # before the checkpointer
         writers = [i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)]
         if writers and sn_layers:
             ret.insert(writers[0], SNSharesWriter(self.model, WRITER_PERIOD))

@@ -1,4 +1,5 @@
-"""SNTrainer: its __init__ still mirrors detectron2's, its hooks are where they must be, and its
+"""SNTrainer: its __init__ still mirrors detectron2's, its hooks are where they must be (sparse SN's
+schedule only for SSN models), and its
 evaluator passes the keypoint sigmas and adds semantic segmentation and PQ for panoptic data."""
 
 import hashlib
@@ -8,7 +9,13 @@ import pytest
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 
-from sn_detection.engine import NonFiniteBatchWarner, PreciseSN, SNSharesWriter, SNTrainer
+from sn_detection.engine import (
+    NonFiniteBatchWarner,
+    PreciseSN,
+    SNSharesWriter,
+    SNTrainer,
+    SSNSchedule,
+)
 from sn_detection.engine.trainer import DETECTRON2_INIT
 from sn_detection.evaluation import PanopticEvaluator
 from sn_detection.testing import CONFIGS, load_config
@@ -50,6 +57,19 @@ def test_the_shares_are_written_just_before_the_writers(trainer):
 def test_non_finite_batches_are_checked_after_the_lr_scheduler(trainer):
     types = _types(trainer)
     assert types.index(NonFiniteBatchWarner) == types.index(hooks.LRScheduler) + 1
+
+
+def test_an_sn_model_has_no_ssn_schedule(trainer):
+    assert SSNSchedule not in _types(trainer)
+
+
+def test_an_ssn_model_gets_the_ssn_schedule_before_the_checkpointer(tmp_path):
+    opts = ["OUTPUT_DIR", str(tmp_path)]
+    for node in ("RESNETS", "FPN", "ROI_BOX_HEAD", "ROI_MASK_HEAD"):
+        opts += [f"MODEL.{node}.NORM", "SSN"]
+    cfg = load_config(CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml", *opts)
+    types = _types(SNTrainer(cfg))
+    assert types.index(SSNSchedule) < types.index(hooks.PeriodicCheckpointer)
 
 
 def test_evaluator_passes_the_keypoint_oks_sigmas(tmp_path):

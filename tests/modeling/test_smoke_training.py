@@ -99,14 +99,15 @@ def test_syncsn_on_two_processes_gives_equal_statistics_on_both():
 
 
 def test_ssn_detector_trained_with_the_radius_rising_ends_with_every_ssn_layer_fixed():
-    """Mask R-CNN with SSN in every norm key, MAX_ITER 6, radius iter / MAX_ITER before each
-    step and hold_fixed_logits after it (what the training hook does): every layer ends one-hot."""
+    """Mask R-CNN with SSN in every norm key, MAX_ITER 6, under the trainer's SSNSchedule (radius
+    iter / MAX_ITER before each step, hold_fixed_logits after it): every layer ends one-hot."""
     from detectron2.data import build_detection_train_loader
-    from detectron2.engine import HookBase, SimpleTrainer
+    from detectron2.engine import SimpleTrainer
     from detectron2.modeling import build_model
 
     from sn_detection import build_sn_optimizer
-    from sn_detection.layers import hold_fixed_logits, set_ssn_radius, sparse_switch_norms
+    from sn_detection.engine import SSNSchedule
+    from sn_detection.layers import sparse_switch_norms
 
     opts = []
     for node in ("RESNETS", "FPN", "ROI_BOX_HEAD", "ROI_MASK_HEAD"):
@@ -115,17 +116,9 @@ def test_ssn_detector_trained_with_the_radius_rising_ends_with_every_ssn_layer_f
     torch.manual_seed(0)
     model = build_model(cfg)
     max_iter = cfg.SOLVER.MAX_ITER
-
-    class RadiusSchedule(HookBase):
-        def before_step(self):
-            set_ssn_radius(model, self.trainer.iter / max_iter)
-
-        def after_step(self):
-            hold_fixed_logits(model)
-
     optimizer = build_sn_optimizer(cfg, model)
     trainer = SimpleTrainer(model, build_detection_train_loader(cfg), optimizer)
-    trainer.register_hooks([RadiusSchedule()])
+    trainer.register_hooks([SSNSchedule(model, max_iter)])
     trainer.train(0, max_iter)
     layers = [layer for _, layer in sparse_switch_norms(model)]
     assert len(layers) > 10
