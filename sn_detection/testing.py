@@ -14,6 +14,7 @@ Nothing in the library imports this module. It holds
 - ``OfficialResNet``, ``save_official``: the released ImageNet SN classifiers rebuilt from their
   key list, saved as the official code saves them; ``RunsCode``: a pickle that runs code;
 - ``detection_fields``, ``assert_same_detections``: exported against eager detections.
+- ``sparse_sn_model``: sparse SN layers with some weight vectors fixed (``SPARSE_SN_LAYERS``).
 """
 import importlib.util
 import math
@@ -560,3 +561,36 @@ def assert_same_detections(got: Mapping[str, Any], want: Mapping[str, Tensor]) -
     torch.testing.assert_close(got["scores"], want["scores"], rtol=1e-4, atol=1e-4)
     assert torch.equal(got["pred_classes"], want["pred_classes"])
     torch.testing.assert_close(got["pred_masks"], want["pred_masks"], rtol=1e-4, atol=1e-4)
+
+
+# (name, mean logits, var logits, radius) of the layers of sparse_sn_model, and what a training
+# forward makes of them: res3.0.conv1 fixes both (IN for the mean, BN for the variance),
+# res3.0.conv2 fixes its mean (LN) only, the FPN layer neither
+SPARSE_SN_LAYERS = [
+    ("backbone.bottom_up.res3.0.conv1.norm", [3.0, 0.0, 0.0], [0.0, 0.0, 3.0], 1.0),
+    ("backbone.bottom_up.res3.0.conv2.norm", [0.0, 2.0, 0.0], [0.5, 0.3, 0.2], 0.4),
+    ("backbone.fpn_lateral3.norm", [0.2, 0.1, 0.0], [0.0, 0.1, 0.3], 0.2),
+]
+
+
+def sparse_sn_model() -> nn.Module:
+    """A model of three SparseSwitchNorm2d(4) layers (``SPARSE_SN_LAYERS``), each after one
+    training forward at its radius, so that some of their weight vectors are fixed."""
+    from sn_detection.layers import SparseSwitchNorm2d, set_ssn_radius
+
+    model = nn.Module()
+    torch.manual_seed(0)
+    for name, mean, var, radius in SPARSE_SN_LAYERS:
+        layer = SparseSwitchNorm2d(4)
+        with torch.no_grad():
+            layer.mean_weight.copy_(torch.tensor(mean))
+            layer.var_weight.copy_(torch.tensor(var))
+        set_ssn_radius(layer, radius)
+        layer.train()(torch.randn(2, 4, 3, 3))
+        parent = model
+        for component in name.split(".")[:-1]:
+            if not hasattr(parent, component):
+                parent.add_module(component, nn.Module())
+            parent = getattr(parent, component)
+        parent.add_module(name.split(".")[-1], layer)
+    return model.eval()

@@ -13,6 +13,8 @@ from .shares import (
     AnalysisError,
     CheckpointShares,
     LayerShares,
+    fixed_scalar_name,
+    layer_shares,
     load_shares,
     model_shares,
     part_of,
@@ -20,6 +22,7 @@ from .shares import (
     share_scalars,
     shares_from_logits,
     softmax_logits_of,
+    sparse_summary,
     state_dict_shares,
     summarize,
 )
@@ -31,6 +34,8 @@ __all__ = [
     "AnalysisError",
     "CheckpointShares",
     "LayerShares",
+    "fixed_scalar_name",
+    "layer_shares",
     "load_shares",
     "model_shares",
     "part_of",
@@ -38,6 +43,7 @@ __all__ = [
     "share_scalars",
     "shares_from_logits",
     "softmax_logits_of",
+    "sparse_summary",
     "state_dict_shares",
     "summarize",
 ]

@@ -7,7 +7,7 @@ import math
 import re
 import statistics
 from collections import OrderedDict
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .shares import AnalysisError, part_rank
 
@@ -16,6 +16,7 @@ History = Dict[str, Dict[str, List[Tuple[int, float]]]]  # part -> "mean_IN" -> 
 TASKS = (("bbox", "box"), ("segm", "mask"))  # detectron2's evaluation task, our label
 METRICS = ("AP", "AP50", "AP75")
 _SHARE = re.compile(r"^sn/(?P<part>.+)/(?P<stat>mean|var)_(?P<branch>IN|LN|BN)$")
+_FIXED = re.compile(r"^sn/(?P<part>.+)/fixed$")
 _FORMAT = "expected detectron2's metrics.json, one JSON object per line"
 
 
@@ -89,6 +90,24 @@ def share_history(records: Sequence[Record], path: str) -> History:
         )
     ordered = sorted(enumerate(history), key=lambda t: (part_rank(t[1]), t[0]))
     return OrderedDict((part, history[part]) for _, part in ordered)
+
+
+def fixed_at(records: Sequence[Record], path: str) -> Dict[str, Optional[int]]:
+    """{part: the first iteration from which every sparse SN weight vector of the part was fixed
+    (its ``sn/<part>/fixed`` scalar 1 from there on), or None if never}, parts in network order;
+    empty for a run without sparse SN layers. Resolution: the scalars' period."""
+    out: Dict[str, Optional[int]] = {}
+    for record in records:
+        for key, value in record.items():
+            m = _FIXED.match(key)
+            if m:
+                fraction = _number(value, key, record, path)
+                if fraction < 1.0:
+                    out[m["part"]] = None
+                elif out.get(m["part"]) is None:
+                    out[m["part"]] = record["iteration"]
+    ordered = sorted(enumerate(out), key=lambda t: (part_rank(t[1]), t[0]))
+    return OrderedDict((part, out[part]) for _, part in ordered)
 
 
 def run_summary(records: Sequence[Record], max_iter: int, path: str) -> Dict[str, Any]:

@@ -1,9 +1,11 @@
-"""The IN/LN/BN shares of SN layers (the softmax of their logits), read from a model, a state dict
-or a checkpoint file, and summarised per part of the model.
+"""The IN/LN/BN shares of SN layers (the softmax of their logits; for sparse SN layers their
+sparsestmax weights, one-hot where fixed), read from a model, a state dict or a checkpoint file,
+and summarised per part of the model.
 
 A layer's part comes from its module name (:func:`part_of`); layers are listed in network order.
 A part's summary is the plain mean of its layers' shares. The training scalars are named
-``sn/<part>/<mean|var>_<IN|LN|BN>`` (:func:`share_scalars`).
+``sn/<part>/<mean|var>_<IN|LN|BN>``, and for parts with sparse SN layers ``sn/<part>/fixed``
+(:func:`share_scalars`).
 """
 
 from collections import OrderedDict
@@ -16,7 +18,8 @@ from torch import Tensor, nn
 from ..checkpoint import convert_official, official_state_dict, read_checkpoint
 from ..checkpoint.official_layout import strip_module_prefix
 from ..layers import named_switch_norms
-from ..layers.switch_norm import BRANCHES, LOGIT_NAMES
+from ..layers.sparse_switch_norm import SparseSwitchNorm2d
+from ..layers.switch_norm import BRANCHES, LOGIT_NAMES, SSN_BUFFER_NAMES
 from ..utils.cli import InputError
 
 STATS = ("mean", "var")
@@ -47,6 +50,8 @@ _OTHER_PARTS = {
 }
 _MEAN_KEY, _VAR_KEY = (f".{name}" for name in LOGIT_NAMES)
 Shares = Dict[str, float]
+Fixed = Tuple[bool, bool]  # whether a sparse SN layer's mean and variance weights are fixed
+ONE_HOT = 1.0 - 1e-6  # a share at least this large is the layer's choice
 
 
 class AnalysisError(InputError):
@@ -77,8 +82,9 @@ def part_rank(part: str) -> int:
 
 @dataclass(frozen=True)
 class LayerShares:
-    """The shares of one SN layer: ``mean`` and ``var`` map IN/LN/BN to softmax weights (BN 0
-    for a layer without the BN branch)."""
+    """The shares of one SN layer: ``mean`` and ``var`` map IN/LN/BN to its mix weights (BN 0
+    for a layer without the BN branch). ``fixed``: for a sparse SN layer, whether its mean and
+    variance weights are fixed; None for an SN layer."""
 
     name: str
     part: str
@@ -86,9 +92,20 @@ class LayerShares:
     mean: Shares
     var: Shares
     using_bn: bool
+    fixed: Optional[Fixed] = None
+
+    @property
+    def sparse(self) -> bool:
+        return self.fixed is not None
+
+    def choice(self, stat: str) -> Optional[str]:
+        """The branch that ``stat`` ("mean" or "var") uses alone (a one-hot weight vector, as a
+        fixed one is), or None."""
+        shares = getattr(self, stat)
+        return next((b for b in BRANCHES if shares[b] >= ONE_HOT), None)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "part": self.part,
             "short_name": self.short_name,
@@ -96,14 +113,21 @@ class LayerShares:
             "mean": dict(self.mean),
             "var": dict(self.var),
         }
+        if self.fixed is not None:
+            out.update(sparse=True, mean_fixed=self.fixed[0], var_fixed=self.fixed[1])
+            out.update((f"{stat}_choice", self.choice(stat)) for stat in STATS)
+        return out
 
 
 def _shares(row: Sequence[float]) -> Shares:
     return {b: float(row[i]) if i < len(row) else 0.0 for i, b in enumerate(BRANCHES)}
 
 
-def shares_from_logits(logits: Iterable[Tuple[str, Tensor, Tensor]]) -> List[LayerShares]:
-    """The shares of each ``(name, mean_weight, var_weight)``, in network order.
+def shares_from_logits(
+    logits: Iterable[Tuple[str, Tensor, Tensor]], fixed: Optional[Mapping[str, Fixed]] = None
+) -> List[LayerShares]:
+    """The shares (softmax) of each ``(name, mean_weight, var_weight)``, in network order;
+    ``fixed`` gives the fixed flags of the sparse SN layers among them, by name.
 
     The softmax runs on the logits' device, all layers with the same number of branches at once,
     and the results reach the host in one transfer per group: one synchronisation in all."""
@@ -122,10 +146,15 @@ def shares_from_logits(logits: Iterable[Tuple[str, Tensor, Tensor]]) -> List[Lay
         shares = torch.softmax(stacked.float(), dim=-1).cpu().tolist()  # (layers, 2, branches)
         rows.update(zip(indices, shares))
     layers = []
+    fixed = fixed or {}
     for i, (name, _, _) in enumerate(items):
         part, short = part_of(name)
         mean, var = rows[i]
-        layers.append(LayerShares(name, part, short, _shares(mean), _shares(var), len(mean) == 3))
+        layers.append(
+            LayerShares(
+                name, part, short, _shares(mean), _shares(var), len(mean) == 3, fixed.get(name)
+            )
+        )
     order = sorted(range(len(layers)), key=lambda i: (part_rank(layers[i].part), i))
     return [layers[i] for i in order]
 
@@ -138,8 +167,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def model_shares(model: nn.Module) -> List[LayerShares]:
     """The shares of every SN layer of ``model`` (frozen ones included), in network order; for
     sparse SN layers their sparsestmax weights (given as logits whose softmax they are)."""
-    layers = named_switch_norms(_unwrap(model))
-    return shares_from_logits((n, *softmax_logits_of(m)) for n, m in layers)
+    return layer_shares(named_switch_norms(_unwrap(model)))
+
+
+def layer_shares(layers: Iterable[Tuple[str, nn.Module]]) -> List[LayerShares]:
+    """The shares of ``(name, SN layer)`` pairs (:func:`model_shares`), with the fixed flags of
+    the sparse ones (read in one transfer)."""
+    layers = list(layers)
+    sparse = [(n, m) for n, m in layers if getattr(m, "_holds_sparse_state", False)]
+    fixed = {}
+    if sparse:
+        flags = torch.stack([m._fixed() for _, m in sparse]).cpu().tolist()
+        fixed = {n: (bool(f[0]), bool(f[1])) for (n, _), f in zip(sparse, flags)}
+    return shares_from_logits(((n, *softmax_logits_of(m)) for n, m in layers), fixed)
 
 
 def softmax_logits_of(layer: nn.Module) -> Tuple[Tensor, Tensor]:
@@ -162,29 +202,79 @@ def _logit_tensor(value: Any, key: str, source: str) -> Tensor:
     return t
 
 
+def _sparse_softmax_logits(
+    layer: str, mean: Tensor, var: Tensor, state: Mapping[str, Any], source: str
+) -> Tuple[Tensor, Tensor, Fixed]:
+    """Logits whose softmax is the mix weights of the saved sparse SN layer ``layer`` (those of
+    :class:`SparseSwitchNorm2d` loaded with its state: sparsestmax at its radius, the one-hot
+    choice where fixed), and its fixed flags."""
+    if mean.numel() not in (2, 3) or mean.shape != var.shape:
+        return mean, var, (False, False)  # shares_from_logits names the bad shapes
+    sparse = SparseSwitchNorm2d(1, using_bn=mean.numel() == 3).double()
+    saved = {}
+    for name in SSN_BUFFER_NAMES:
+        value = _logit_tensor(state[f"{layer}.{name}"], f"{layer}.{name}", source)
+        if value.numel() != 1:
+            raise AnalysisError(
+                f"{source or 'the state dict'}: {layer}.{name} has {value.numel()} values, not 1: "
+                "not a sparse SN layer's state; give a checkpoint saved by this package or the "
+                "official SSN code"
+            )
+        saved[name] = value.reshape(1).to(getattr(sparse, name).dtype)
+    sparse.load_state_dict({**saved, **dict(zip(LOGIT_NAMES, (mean, var)))}, strict=False)
+    fixed = sparse._fixed().tolist()
+    return (*sparse.softmax_logits(), (bool(fixed[0]), bool(fixed[1])))
+
+
 def state_dict_shares(state: Mapping[str, Any], source: str = "") -> List[LayerShares]:
     """The shares of every SN layer in a state dict (tensors or numpy arrays): each pair of
-    ``<layer>.mean_weight`` and ``<layer>.var_weight``; ``source`` names it in errors."""
+    ``<layer>.mean_weight`` and ``<layer>.var_weight``; a layer that also has ``radius``,
+    ``mean_fixed`` and ``var_fixed`` (sparse SN, ours or the official ``SSN2d``) gets its sparse
+    weights and fixed flags. ``source`` names the state dict in errors."""
     logits = []
+    fixed = {}
     for key, value in state.items():
         if isinstance(key, str) and key.endswith(_MEAN_KEY):
             layer = key[: -len(_MEAN_KEY)]
             if layer + _VAR_KEY in state:
                 var_key = layer + _VAR_KEY
                 mean = _logit_tensor(value, key, source)
-                logits.append((layer, mean, _logit_tensor(state[var_key], var_key, source)))
-    return shares_from_logits(logits)
+                var = _logit_tensor(state[var_key], var_key, source)
+                if all(f"{layer}.{name}" in state for name in SSN_BUFFER_NAMES):
+                    mean, var, fixed[layer] = _sparse_softmax_logits(
+                        layer, mean.double(), var.double(), state, source
+                    )
+                logits.append((layer, mean, var))
+    return shares_from_logits(logits, fixed)
 
 
 def summarize(layers: Sequence[LayerShares]) -> Dict[str, Dict[str, Any]]:
     """{part: {"layers": count, "mean": shares, "var": shares}} in network order, each share the
-    plain mean over the part's layers."""
+    plain mean over the part's layers; a part with sparse SN layers also has ``"ssn"``
+    (:func:`sparse_summary`)."""
     parts: Dict[str, List[LayerShares]] = OrderedDict()
     for layer in layers:
         parts.setdefault(layer.part, []).append(layer)
-    return OrderedDict(
-        (part, {"layers": len(members), **_mean_shares(members)}) for part, members in parts.items()
-    )
+    out: Dict[str, Dict[str, Any]] = OrderedDict()
+    for part, members in parts.items():
+        out[part] = {"layers": len(members), **_mean_shares(members)}
+        if any(layer.sparse for layer in members):
+            out[part]["ssn"] = sparse_summary(members)
+    return out
+
+
+def sparse_summary(layers: Sequence[LayerShares]) -> Dict[str, Any]:
+    """Of the sparse SN layers among ``layers``: their count (``layers``), how many chose each
+    branch for the mean and the variance (``mean_choice``, ``var_choice``: IN/LN/BN counts; a
+    layer not yet one-hot counts in none) and how many have fixed mean and variance weights
+    (``mean_fixed``, ``var_fixed``)."""
+    sparse = [layer for layer in layers if layer.sparse]
+    out: Dict[str, Any] = {"layers": len(sparse)}
+    for i, stat in enumerate(STATS):
+        choices = [layer.choice(stat) for layer in sparse]
+        out[f"{stat}_choice"] = {b: choices.count(b) for b in BRANCHES}
+        out[f"{stat}_fixed"] = sum(layer.fixed[i] for layer in sparse)
+    return out
 
 
 def _mean_shares(layers: Sequence[LayerShares]) -> Dict[str, Shares]:
@@ -260,15 +350,29 @@ def scalar_name(part: str, stat: str, branch: str) -> str:
     return f"{SCALAR_PREFIX}/{part}/{stat}_{branch}"
 
 
+def fixed_scalar_name(part: str) -> str:
+    """The EventStorage name of the fraction of a part's sparse SN weight vectors (mean and
+    variance of each layer) that are fixed, e.g. ``sn/res4/fixed``."""
+    return f"{SCALAR_PREFIX}/{part}/fixed"
+
+
 def share_scalars(layers: Sequence[LayerShares]) -> Dict[str, float]:
-    """The training scalars: every part's six shares, and the model-wide mean BN shares that the
-    console shows (``CONSOLE_SCALARS``)."""
+    """The training scalars: every part's six shares, for a part with sparse SN layers the
+    fraction of their weight vectors that are fixed (``fixed_scalar_name``), and the model-wide
+    mean BN shares that the console shows (``CONSOLE_SCALARS``)."""
+    summary = summarize(layers)
     scalars = {
         scalar_name(part, stat, b): s[stat][b]
-        for part, s in summarize(layers).items()
+        for part, s in summary.items()
         for stat in STATS
         for b in BRANCHES
     }
+    for part, s in summary.items():
+        if "ssn" in s:
+            ssn = s["ssn"]
+            scalars[fixed_scalar_name(part)] = (ssn["mean_fixed"] + ssn["var_fixed"]) / (
+                2 * ssn["layers"]
+            )
     if layers:
         for stat, name in CONSOLE_SCALARS.items():
             scalars[name] = sum(getattr(layer, stat)["BN"] for layer in layers) / len(layers)
