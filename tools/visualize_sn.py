@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Show what the SN layers of a model learned: the IN/LN/BN shares of every SN layer.
+"""Show what the SN layers of a model learned: the IN/LN/BN shares of every SN layer (for sparse
+SN layers their sparsestmax weights, one-hot once fixed, and which statistic each chose).
 
 Usage:
     tools/visualize_sn.py WEIGHTS [WEIGHTS2] [--metrics METRICS_JSON] --output DIR [--dpi 100]
@@ -8,8 +9,13 @@ WEIGHTS is a checkpoint of ours or detectron2's (model_final.pth, .pkl) or a rel
 .pth, recognised by its contents and read without running code. Writes to DIR (created if needed):
     sn_shares.png   every SN layer in network order, stacked IN/LN/BN bars of the mean (left) and
                     variance (right) shares, parts labelled; with WEIGHTS2, one panel each
-    sn_shares.csv   the same numbers, one row per layer (with WEIGHTS2: both and differences)
-    sn_shares.md    the per-part shares as a markdown table
+    sn_shares.csv   the same numbers, one row per layer (with WEIGHTS2: both and differences);
+                    for sparse SN, also mean_choice, var_choice and fixed (mean+var, mean, var,
+                    none)
+    sn_shares.md    the per-part shares as a markdown table; for sparse SN, a second one of how
+                    many layers chose IN/LN/BN and are fixed, and with --metrics the iteration
+                    from which each part's layers were all fixed (from the sn/<part>/fixed
+                    scalars)
     sn_shares.json  all of it (per-part summaries, every layer, differences)
     sn_training.png with --metrics: detectron2's metrics.json of a training run, per-part shares
                     over the iterations

@@ -8,7 +8,7 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 from ..utils.file_io import atomic_write
-from .metrics import read_metrics_json, share_history
+from .metrics import fixed_at, read_metrics_json, share_history
 from .plots import DPI, png_bytes, shares_figure, training_figure
 from .shares import load_shares
 from .tables import check_comparable, layers_csv, parts_markdown, report
@@ -32,19 +32,26 @@ def share_report(
 ) -> Dict[str, Content]:
     """{file name: content} of the visualizer: with checkpoints, ``sn_shares.png`` (the figure of
     every layer's shares; two checkpoints side by side), ``.csv`` (per layer, with differences),
-    ``.md`` (per part) and ``.json`` (all of it); with a ``metrics.json``, ``sn_training.png``.
-    Every input is read before anything is composed; raises on any unusable input."""
+    ``.md`` (per part) and ``.json`` (all of it); with a ``metrics.json``, ``sn_training.png``,
+    and the iteration from which each part's sparse SN layers were all fixed (in the ``.md`` and
+    ``.json`` of the first checkpoint). Every input is read before anything is composed; raises
+    on any unusable input."""
     runs = [load_shares(p) for p in weights]
     check_comparable(runs)
-    history = share_history(read_metrics_json(metrics), metrics) if metrics else None
+    records = read_metrics_json(metrics) if metrics else None
+    history = share_history(records, metrics) if metrics else None
+    fixed = fixed_at(records, metrics) if metrics else None
     files: Dict[str, Content] = {}
     if runs:
         labels = labels_for(weights)
         png, csv_, md, json_ = SHARES_FILES
         files[png] = png_bytes(shares_figure(runs, labels), dpi)
         files[csv_] = layers_csv(runs, labels)
-        files[md] = parts_markdown(runs, labels)
-        files[json_] = json.dumps(report(runs, labels), indent=2) + "\n"
+        files[md] = parts_markdown(runs, labels, fixed)
+        out = report(runs, labels)
+        if fixed:
+            out["runs"][0]["fixed_at"] = fixed
+        files[json_] = json.dumps(out, indent=2) + "\n"
     if history is not None:
         files[TRAINING_FILE] = png_bytes(training_figure(history), dpi)
     return files

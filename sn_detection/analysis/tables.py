@@ -13,6 +13,12 @@ PARTS_HEADER = [
     "| part | layers | mean IN | mean LN | mean BN | var IN | var LN | var BN |",
     "|---|---|---|---|---|---|---|---|",
 ]
+SPARSE_COLUMNS = ["mean_choice", "var_choice", "fixed"]
+SPARSE_HEADER = (
+    "| part | SSN layers | mean IN | mean LN | mean BN | var IN | var LN | var BN "
+    "| mean fixed | var fixed |"
+)
+WHEN_HEADER = " all fixed from iteration |"
 
 
 def share_row(shares: Mapping[str, Shares]) -> List[float]:
@@ -68,23 +74,36 @@ def _by_stat(layer: LayerShares) -> Dict[str, Shares]:
     return {"mean": layer.mean, "var": layer.var}
 
 
+def _sparse_cells(layer: Optional[LayerShares]) -> List[str]:
+    """mean_choice, var_choice and fixed ("mean+var", "mean", "var" or "none") of a sparse SN
+    layer; empty for an SN layer or a missing one."""
+    if layer is None or not layer.sparse:
+        return [""] * len(SPARSE_COLUMNS)
+    fixed = "+".join(stat for stat, f in zip(STATS, layer.fixed) if f) or "none"
+    return [layer.choice("mean") or "", layer.choice("var") or "", fixed]
+
+
 def layers_csv(runs: Sequence[CheckpointShares], labels: Sequence[str]) -> str:
     """One row per SN layer (network order of the first run, then layers only in the second):
-    index, part, layer (short name), the six shares of each run, and with two runs their
-    differences (second minus first); empty cells where a run lacks the layer."""
+    index, part, layer (short name), the six shares of each run (where a run has sparse SN
+    layers, then its ``SPARSE_COLUMNS``), and with two runs their differences (second minus
+    first); empty cells where a run lacks the layer."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    sparse = [any(layer.sparse for layer in run.layers) for run in runs]
     header = ["index", "part", "layer"]
-    for label in labels:
+    for label, has_sparse in zip(labels, sparse):
         header += [f"{label}:{c}" for c in COLUMNS]
+        header += [f"{label}:{c}" for c in SPARSE_COLUMNS] if has_sparse else []
     if len(runs) == 2:
         header += [f"delta:{c}" for c in COLUMNS]
     writer.writerow(header)
     for index, (short, part, found) in enumerate(align(runs)):
         row: List[Any] = [index, part, short]
         values = [share_row(_by_stat(layer)) if layer else None for layer in found]
-        for v in values:
+        for v, layer, has_sparse in zip(values, found, sparse):
             row += [f"{x:.6f}" for x in v] if v else [""] * len(COLUMNS)
+            row += _sparse_cells(layer) if has_sparse else []
         if len(runs) == 2:
             a, b = values
             row += [f"{y - x:+.6f}" for x, y in zip(a, b)] if a and b else [""] * len(COLUMNS)
@@ -92,18 +111,58 @@ def layers_csv(runs: Sequence[CheckpointShares], labels: Sequence[str]) -> str:
     return out.getvalue()
 
 
-def parts_markdown(runs: Sequence[CheckpointShares], labels: Sequence[str]) -> str:
-    """A markdown table of the per-part shares (percent) of each run."""
+def sparse_table(
+    summary: Mapping[str, Mapping[str, Any]],
+    fixed_at: Optional[Mapping[str, Optional[int]]] = None,
+) -> List[str]:
+    """Markdown table of the parts with sparse SN layers (none: no lines): how many layers chose
+    IN/LN/BN for the mean and the variance and how many are fixed; with ``fixed_at`` (from a
+    metrics.json) a column of the iteration from which all of the part's were fixed ("not yet"
+    if never, blank if the metrics have no such scalar)."""
+    rows = []
+    for part, s in summary.items():
+        if "ssn" not in s:
+            continue
+        ssn = s["ssn"]
+        counts = [ssn[f"{stat}_choice"][b] for stat in STATS for b in BRANCHES]
+        cells = [f"{x:g}" for x in (ssn["layers"], *counts, ssn["mean_fixed"], ssn["var_fixed"])]
+        if fixed_at is not None:
+            when = fixed_at.get(part, "")
+            cells.append("not yet" if part in fixed_at and when is None else str(when))
+        rows.append("| " + " | ".join([part, *cells]) + " |")
+    if not rows:
+        return []
+    header = SPARSE_HEADER + (WHEN_HEADER if fixed_at is not None else "")
+    return [header, "|---" * header.count(" |") + "|", *rows]
+
+
+def parts_markdown(
+    runs: Sequence[CheckpointShares],
+    labels: Sequence[str],
+    fixed_at: Optional[Mapping[str, Optional[int]]] = None,
+) -> str:
+    """A markdown table of the per-part shares (percent) of each run; for a run with sparse SN
+    layers, a second one of their choices (``sparse_table``, with ``fixed_at`` for the first)."""
     lines = []
-    for run, label in zip(runs, labels):
+    for i, (run, label) in enumerate(zip(runs, labels)):
         iteration = f", iteration {run.iteration}" if run.iteration is not None else ""
+        summary = run.summary()
         lines += [
             f"SN shares of {label} ({run.kind}{iteration}), percent, mean of the part's layers:",
             "",
             *PARTS_HEADER,
-            *parts_rows(run.summary()),
+            *parts_rows(summary),
             "",
         ]
+        table = sparse_table(summary, fixed_at if i == 0 else None)
+        if table:
+            lines += [
+                f"Sparse SN choices of {label}: layers per chosen statistic (a layer not yet "
+                "one-hot counts in none), fixed layers:",
+                "",
+                *table,
+                "",
+            ]
     return "\n".join(lines)
 
 

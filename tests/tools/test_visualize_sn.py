@@ -16,7 +16,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 from torch import nn
 
-from sn_detection.analysis import AnalysisError
+from sn_detection.analysis import AnalysisError, model_shares, share_scalars
 from sn_detection.analysis.plots import COLORS
 from sn_detection.analysis.report import share_report, write_files
 from sn_detection.checkpoint import CheckpointError, convert_official, read_checkpoint
@@ -29,6 +29,7 @@ from sn_detection.testing import (
     OfficialSN,
     load_config,
     save_official,
+    sparse_sn_model,
 )
 
 TOOL = REPO / "tools/visualize_sn.py"
@@ -291,6 +292,62 @@ def test_metrics_json_gives_the_training_figure_only(tmp_path):
     visualize(out, metrics=metrics)
     assert [p.name for p in out.iterdir()] == ["sn_training.png"]
     assert_bars_drawn(out / "sn_training.png", (600, 270))  # one panel per part
+
+
+@pytest.fixture
+def ssn_checkpoint(tmp_path):
+    """A detectron2 checkpoint of ``sparse_sn_model``: res3 has both layers' means fixed (IN and
+    LN) and one variance (BN); the FPN layer nothing."""
+    path = tmp_path / "ssn.pth"
+    torch.save({"model": sparse_sn_model().state_dict(), "iteration": 99}, path)
+    return path
+
+
+def test_ssn_checkpoint_csv_gives_each_layers_choices_and_fixed_flags(tmp_path, ssn_checkpoint):
+    visualize(tmp_path / "out", ssn_checkpoint)
+    with open(tmp_path / "out/sn_shares.csv") as f:
+        rows = list(csv.DictReader(f))
+    got = [[r[f"ssn.pth:{c}"] for c in ("mean_choice", "var_choice", "fixed")] for r in rows]
+    assert got == [["IN", "BN", "mean+var"], ["LN", "", "mean"], ["", "", "none"]]
+    assert float(rows[0]["ssn.pth:mean_IN"]) == 1.0 and float(rows[0]["ssn.pth:mean_LN"]) == 0.0
+
+
+def test_ssn_checkpoint_markdown_counts_the_layers_that_chose_each_statistic(
+    tmp_path, ssn_checkpoint
+):
+    visualize(tmp_path / "out", ssn_checkpoint)
+    markdown = (tmp_path / "out/sn_shares.md").read_text()
+    assert "| mean fixed | var fixed |" in markdown and "from iteration" not in markdown
+    assert "| res3 | 2 | 1 | 1 | 0 | 0 | 0 | 1 | 2 | 1 |" in markdown
+    assert "| fpn | 1 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 |" in markdown
+
+
+def test_ssn_checkpoint_json_gives_each_layers_choice_and_the_part_counts(tmp_path, ssn_checkpoint):
+    visualize(tmp_path / "out", ssn_checkpoint)
+    (run,) = json.loads((tmp_path / "out/sn_shares.json").read_text())["runs"]
+    first = run["layers"][0]
+    assert (first["mean_choice"], first["var_choice"], first["mean_fixed"]) == ("IN", "BN", True)
+    assert run["parts"]["res3"]["ssn"]["var_choice"] == {"IN": 0, "LN": 0, "BN": 1}
+    assert "fixed_at" not in run
+
+
+def test_ssn_metrics_give_the_iteration_from_which_each_part_was_all_fixed(
+    tmp_path, ssn_checkpoint
+):
+    scalars = share_scalars(model_shares(sparse_sn_model()))
+    records = [
+        {"iteration": 19, **scalars, "sn/res3/fixed": 0.5},
+        {"iteration": 39, **scalars, "sn/res3/fixed": 1.0},
+    ]
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    visualize(tmp_path / "out", ssn_checkpoint, metrics=metrics)
+    markdown = (tmp_path / "out/sn_shares.md").read_text()
+    assert "| var fixed | all fixed from iteration |" in markdown
+    assert "| res3 | 2 | 1 | 1 | 0 | 0 | 0 | 1 | 2 | 1 | 39 |" in markdown
+    assert "| fpn | 1 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | not yet |" in markdown
+    run = json.loads((tmp_path / "out/sn_shares.json").read_text())["runs"][0]
+    assert run["fixed_at"] == {"res3": 39, "fpn": None}
 
 
 class RunsCode:
