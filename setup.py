@@ -54,6 +54,7 @@ setup(
         "tabulate>=0.8",
         "omegaconf>=2.1",
         "pillow>=9.0",
+        "pyyaml>=5.1",
     ],
     extras_require={
         # tools/deploy/export_model.py --format onnx, and its check in onnxruntime

@@ -9,7 +9,7 @@ import sys
 import sn_detection
 
 # import name -> distribution name, where they differ
-DISTRIBUTION = {"cv2": "opencv-python-headless", "PIL": "pillow"}
+DISTRIBUTION = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml"}
 # imported by the package but not declared: detectron2 (not on PyPI under its name; checked at
 # import), triton (shipped with torch's CUDA builds, imported only where present), and onnx /
 # onnxruntime (the "onnx" extra)
