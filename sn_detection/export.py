@@ -1,7 +1,9 @@
 """Export of SN models for deployment: what ``tools/deploy/export_model.py`` runs.
 
 In eval mode SN layers export as plain aten operators (the portable path), so the files run
-without sn_detection; SyncSN exports as SN. Methods, as detectron2's tool names them: ``tracing``
+without sn_detection; SyncSN exports as SN, and a layer whose mix weights are one-hot (fixed
+sparse SN, or any SN layer after :func:`harden`) as exactly the norm it chose (:func:`deployable`;
+BN folded into the convolution). Methods, as detectron2's tool names them: ``tracing``
 (``model.ts``, or ``model.onnx`` with ``--format onnx``), ``scripting`` (``model.ts``) and
 ``torch_export`` (``model.pt2``: normalisation, backbone and FPN only); docs/DEPLOYMENT.md says
 what each file takes and returns. Files are written whole or not at all; bad input raises
@@ -12,7 +14,8 @@ import io
 import logging
 import os
 import tempfile
-from typing import Dict, List, Optional, Tuple
+from collections import Counter
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -20,13 +23,22 @@ from detectron2.data import build_detection_test_loader, detection_utils
 from detectron2.data import transforms as T
 from detectron2.export import TracingAdapter, dump_torchscript_IR, scripting_with_instances
 from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema
+from detectron2.layers import Conv2d
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.structures import Boxes
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, SNCheckpointer
 from .checkpoint.errors import sample_keys
-from .layers import SyncSwitchNorm2d
+from .layers import FrozenSwitchNorm2d, SwitchNorm2d, SyncSwitchNorm2d
+from .layers.one_hot_norm import (
+    HardenReport,
+    bn_scale_shift,
+    fold_into_conv,
+    harden,
+    one_hot_choice,
+    one_hot_norm,
+)
 from .utils.cli import InputError
 from .utils.file_io import atomic_save
 
@@ -34,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 EXPORT_METHODS = ("tracing", "scripting", "torch_export", "caffe2_tracing")
 FORMATS = ("torchscript", "onnx")
+SOFT = "SN (soft mix, kept)"  # what deployable reports for a layer that is not one-hot
+FOLDED = "BN folded into the convolution"
+SN_LAYERS = (SwitchNorm2d, FrozenSwitchNorm2d)  # with SyncSN and sparse SN, their subclasses
 ONNX_OPSET = 17  # RoiAlign-16 has the half-pixel ("aligned") mode of detectron2's ROIAlignV2
 
 # the Instances fields of detectron2's models, with their types, for scripting
@@ -76,9 +91,67 @@ def check_method(method: str, fmt: str) -> None:
         )
 
 
-def deployable(model: nn.Module) -> nn.Module:
-    """``model`` in eval mode with every SyncSwitchNorm2d replaced by a SwitchNorm2d (in place)."""
-    return SyncSwitchNorm2d.revert_sync_switchnorm(model).eval()
+class Deployment(NamedTuple):
+    """:func:`deployable`'s result: the model, and per SN layer name what it became."""
+
+    model: nn.Module
+    layers: Dict[str, str]
+
+    def lines(self) -> List[str]:
+        """One line per SN layer and a line of counts, for a log."""
+        if not self.layers:
+            return ["no SN layer"]
+        width = max(len(name) for name in self.layers)
+        counts = Counter(self.layers.values())
+        summary = "; ".join(f"{what}: {n}" for what, n in counts.most_common())
+        return [f"{name:<{width}}  {what}" for name, what in self.layers.items()] + [summary]
+
+
+def _describe(choice: Tuple[str, str]) -> str:
+    mean, var = choice
+    if mean != var:
+        return f"{mean} mean, {var} var"
+    return "BN (per-channel affine)" if mean == "BN" else mean
+
+
+def _deploy_children(module: nn.Module, prefix: str, layers: Dict[str, str]) -> None:
+    for name, child in module.named_children():
+        path = prefix + name
+        if isinstance(child, SN_LAYERS):
+            choice = one_hot_choice(child)
+            if choice is None:
+                layers[path] = SOFT
+                continue
+            setattr(module, name, one_hot_norm(child, choice))
+            layers[path] = _describe(choice)
+        elif isinstance(child, Conv2d) and isinstance(child.norm, SN_LAYERS):
+            choice = one_hot_choice(child.norm)
+            if choice == ("BN", "BN"):
+                fold_into_conv(child, *bn_scale_shift(child.norm))
+                child.norm = None
+                layers[path + ".norm"] = FOLDED
+            else:
+                _deploy_children(child, path + ".", layers)
+        else:
+            _deploy_children(child, path + ".", layers)
+
+
+def deployable(model: nn.Module) -> Deployment:
+    """``model`` in eval mode for export, in place where its SN layers are children: SyncSN
+    layers as SN, and every SN layer whose mean and variance weights are each one-hot (fixed
+    sparse SN, frozen SN with one-hot shares, :func:`harden`-ed layers) as exactly that norm: BN
+    for both folded into the convolution holding it (detectron2's ``Conv2d.norm``; elsewhere a
+    per-channel affine), else a ``OneHotNorm2d`` computing only the statistics its choice needs.
+    Other SN layers stay. Returns the model and what each SN layer became (``SOFT``: kept)."""
+    model = SyncSwitchNorm2d.revert_sync_switchnorm(model).eval()
+    layers: Dict[str, str] = {}
+    if isinstance(model, SN_LAYERS):
+        choice = one_hot_choice(model)
+        if choice is None:
+            return Deployment(model, {"": SOFT})
+        return Deployment(one_hot_norm(model, choice).eval(), {"": _describe(choice)})
+    _deploy_children(model, "", layers)
+    return Deployment(model.eval(), layers)
 
 
 def _rcnn_inference(model: GeneralizedRCNN, inputs: List[Dict[str, Tensor]]) -> list:
@@ -285,7 +358,7 @@ def export(
     check_output_dir(output_dir)
     if model.training:
         raise ExportError(
-            "the model is in training mode: export sn_detection.export.deployable(model)"
+            "the model is in training mode: export sn_detection.export.deployable(model).model"
         )
     os.makedirs(output_dir, exist_ok=True)
     if method == "torch_export":
@@ -375,6 +448,15 @@ def load_weights(model: nn.Module, weights: str, allow_partial: bool = False) ->
     )
 
 
+class ExportResult(NamedTuple):
+    """What :func:`export_from_config` did: the written file, :func:`deployable`'s report and,
+    with ``harden``, :func:`harden`'s."""
+
+    path: str
+    deployment: Deployment
+    hardened: Optional[HardenReport]
+
+
 def export_from_config(
     cfg: CfgNode,
     method: str,
@@ -382,17 +464,19 @@ def export_from_config(
     output_dir: str,
     image_path: Optional[str] = None,
     allow_partial_weights: bool = False,
-) -> str:
-    """Build the model of ``cfg``, load ``MODEL.WEIGHTS`` (:func:`load_weights`) and export it as
-    :func:`export` does, with :func:`sample_image` of ``image_path`` as the example input. The
-    method, the output folder, that there are weights and the image are checked before the model
-    is built. Returns the written file."""
+    harden_layers: bool = False,
+) -> ExportResult:
+    """Build the model of ``cfg``, load ``MODEL.WEIGHTS`` (:func:`load_weights`), with
+    ``harden_layers`` :func:`harden` it, and export :func:`deployable` of it as :func:`export`
+    does, with :func:`sample_image` of ``image_path`` as the example input. The method, the
+    output folder, that there are weights and the image are checked before the model is built."""
     check_method(method, fmt)
     check_output_dir(output_dir)
     _require_weights(cfg.MODEL.WEIGHTS)
     image = sample_image(cfg, image_path)
     model = build_model(cfg)
     load_weights(model, cfg.MODEL.WEIGHTS, allow_partial_weights)
-    model = deployable(model)  # eval mode, SyncSN as SN
-    path, _ = export(model, image.to(cfg.MODEL.DEVICE), method, fmt, output_dir)
-    return path
+    hardened = harden(model) if harden_layers else None
+    deployment = deployable(model)
+    path, _ = export(deployment.model, image.to(cfg.MODEL.DEVICE), method, fmt, output_dir)
+    return ExportResult(path, deployment, hardened)

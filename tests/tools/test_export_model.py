@@ -4,7 +4,9 @@ the shapes dataset; the files run in a process without sn_detection; a SyncSN mo
 SN; bad input (method, weights, output folder, sample image) stops with one line and exit status
 2 before anything is written; a failed write leaves the earlier file."""
 
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -15,10 +17,13 @@ from detectron2.modeling import build_model
 
 from sn_detection.checkpoint import SNCheckpointer
 from sn_detection.export import (
+    FOLDED,
+    SOFT,
     ExportError,
     backbone_input,
     check_method,
     deployable,
+    harden,
     load_weights,
     sample_image,
     script,
@@ -61,7 +66,7 @@ def weights(tmp_path_factory):
 def eager(weights):
     model = build_model(load_config(SMOKE, "MODEL.WEIGHTS", weights))
     SNCheckpointer(model).load(weights)
-    return deployable(model)
+    return deployable(model).model
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +86,11 @@ def exported(tmp_path_factory, weights):
     the written file."""
     done = {}
 
-    def export(method, fmt="torchscript", config=SMOKE):
-        key = (method, fmt, str(config))
+    def export(method, fmt="torchscript", config=SMOKE, *flags):
+        key = (method, fmt, str(config), flags)
         if key not in done:
             out = tmp_path_factory.mktemp(f"{method}_{fmt}")
-            args = ["--config-file", config, "--export-method", method, "--format", fmt]
+            args = ["--config-file", config, "--export-method", method, "--format", fmt, *flags]
             assert export_model(*args, "--output", out, "MODEL.WEIGHTS", weights) == 0
             done[key] = str(out / ("model.onnx" if fmt == "onnx" else FILES[method]))
         return done[key]
@@ -191,6 +196,44 @@ def test_syncsn_model_exports_as_sn_with_the_same_detections(exported, eager, im
         with torch.no_grad():
             got = dict(zip(TRACED_FIELDS, traced(image)))
         assert_same_detections(got, _eager_fields(eager, image))
+
+
+@pytest.fixture(scope="module")
+def hardened(weights):
+    """The smoke model with the test weights, hardened (eager, eval mode) and its report."""
+    model = build_model(load_config(SMOKE, "MODEL.WEIGHTS", weights))
+    SNCheckpointer(model).load(weights)
+    report = harden(model)
+    return model.eval(), report
+
+
+def test_hardened_traced_export_gives_the_eager_hardened_detections(exported, hardened, images):
+    traced = torch.jit.load(exported("tracing", "torchscript", SMOKE, "--harden"))
+    assert "var_weight" not in str(traced.code)  # no SN layer is left: each is its single norm
+    for image in images[:2]:
+        with torch.no_grad():
+            got = dict(zip(TRACED_FIELDS, traced(image)))
+        assert_same_detections(got, _eager_fields(hardened[0], image))
+
+
+def test_harden_flag_reports_dropped_shares_and_what_each_layer_became(
+    tmp_path, weights, hardened, caplog
+):
+    args = ["--config-file", SMOKE, "--output", tmp_path, "--harden", "MODEL.WEIGHTS", weights]
+    tool_logger = logging.getLogger("sn_detection")  # detectron2's setup_logger stops propagation
+    tool_logger.addHandler(caplog.handler)
+    try:
+        assert export_model(*args) == 0
+    finally:
+        tool_logger.removeHandler(caplog.handler)
+    out = caplog.text
+    report = hardened[1]
+    assert f"dropped share: {report.total:.4f} in all" in out
+    for name, layer in report.layers.items():
+        dropped = rf"mean {layer.mean} \(dropped {layer.dropped_mean:.4f}\)"
+        assert re.search(rf"^{re.escape(name)} +{dropped}", out, re.M), name
+        assert len(re.findall(rf"^{re.escape(name)} ", out, re.M)) == 2, name  # and became
+    assert FOLDED in out and SOFT not in out
 
 
 def test_caffe2_tracing_stops_with_a_one_line_error_naming_the_method_to_use(tmp_path, capsys):

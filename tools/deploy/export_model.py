@@ -10,7 +10,11 @@
 scripting (model.ts) or torch_export (model.pt2: the backbone with FPN only); see
 ``sn_detection/export.py``. MODEL.WEIGHTS is required and must fill the whole model
 (``--allow-partial-weights`` exports what it fills). The example input is ``--sample-image``
-(resized like DefaultPredictor) or the first image of ``DATASETS.TEST[0]``. The files run without
+(resized like DefaultPredictor) or the first image of ``DATASETS.TEST[0]``. Every SN layer whose
+mix weights are one-hot (fixed sparse SN) exports as the single norm it chose; ``--harden`` first
+rounds every SN layer's weights to their argmax and reports the share dropped per layer and in
+all (compare ``--eval-only`` with a hardened checkpoint before keeping it). The log says what each
+layer became. The files run without
 sn_detection and detectron2. Errors are one line (``--debug`` for the traceback).
 """
 
@@ -42,6 +46,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         help="export even when MODEL.WEIGHTS leaves some of the model's weights at their init",
     )
     parser.add_argument(
+        "--harden",
+        action="store_true",
+        help="round every SN layer's mix weights to their argmax (one norm per layer) first",
+    )
+    parser.add_argument(
         "opts", default=None, nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ..."
     )
     return parser.parse_args(argv)
@@ -59,15 +68,19 @@ def main(argv: List[str]) -> None:
     args = parse_args(argv)
     setup_logger(name="sn_detection")
     check_method(args.export_method, args.format)  # before the config is read
-    path = export_from_config(
+    result = export_from_config(
         setup_cfg(args),
         args.export_method,
         args.format,
         args.output,
         args.sample_image,
         args.allow_partial_weights,
+        args.harden,
     )
-    logger.info(f"Exported by {args.export_method} to {path}")
+    if result.hardened is not None:
+        logger.info("Hardened SN layers:\n" + "\n".join(result.hardened.lines()))
+    logger.info("SN layers exported as:\n" + "\n".join(result.deployment.lines()))
+    logger.info(f"Exported by {args.export_method} to {result.path}")
 
 
 if __name__ == "__main__":
