@@ -24,6 +24,7 @@ machine load hits all alike; the median and the best of ``--repeats`` after ``--
 (TorchScript optimises a traced graph during its first runs). On CUDA the device is synchronised
 around each call. Per layer, in eval mode: ``benchmarks/bench_norm.py --eval``.
 """
+
 import argparse
 import os
 import statistics
@@ -35,6 +36,7 @@ from tabulate import tabulate
 
 import sn_detection  # noqa: F401  # isort: skip  (first: quiet detectron2 import, SN builders)
 from detectron2.modeling import build_model
+
 from sn_detection.export import trace
 from sn_detection.layers import kernels_status
 from sn_detection.testing import CONFIGS, load_config, randomize_sn_state
@@ -51,7 +53,11 @@ DEFAULT_SIZES = ("800x1333", "160x160")  # detectron2's test size, and the demo'
 def build(norm: str, device: str, opts: Sequence[str]) -> torch.nn.Module:
     """The eval-mode model of ``norm`` with random weights (seeded)."""
     cfg = load_config(
-        CONFIGS / MODELS[norm], "MODEL.WEIGHTS", "", "MODEL.DEVICE", device,
+        CONFIGS / MODELS[norm],
+        "MODEL.WEIGHTS",
+        "",
+        "MODEL.DEVICE",
+        device,
         *opts,
     )
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ SyncSN runs in one process, where it equals SN; it shows the cost of the wrapper
 
 ``--opts KEY VALUE ...`` overrides config keys of every model (the smoke test samples fewer RoIs).
 """
+
 import argparse
 import json
 import os
@@ -50,8 +51,9 @@ def _synthetic_batch(height: int, width: int, device: str, images: int = 2):
         inst = Instances((height, width))
         boxes, masks = [], torch.zeros(4, height, width, dtype=torch.bool)
         for k in range(4):
-            x0, y0 = int(torch.randint(0, width // 2, (1,), generator=g)), int(
-                torch.randint(0, height // 2, (1,), generator=g)
+            x0, y0 = (
+                int(torch.randint(0, width // 2, (1,), generator=g)),
+                int(torch.randint(0, height // 2, (1,), generator=g)),
             )
             x1, y1 = x0 + width // 4, y0 + height // 4
             boxes.append([x0, y0, x1, y1])
@@ -118,10 +120,21 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch)")
-    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="image size (default: 320 480 on CPU, 800 1333 on CUDA)")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
-                        help="config overrides for every model, e.g. fewer RoIs for a smoke run")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="image size (default: 320 480 on CPU, 800 1333 on CUDA)",
+    )
+    parser.add_argument(
+        "--opts",
+        nargs="*",
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides for every model, e.g. fewer RoIs for a smoke run",
+    )
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
     args.size = args.size or ([320, 480] if args.device == "cpu" else [800, 1333])
@@ -132,10 +145,24 @@ def main() -> None:
 
     results = []
     for norm in args.norms:
-        cmd = [sys.executable, __file__, "--one", norm, "--device", args.device,
-               "--iters", str(args.iters), "--warmup", str(args.warmup),
-               "--threads", str(args.threads), "--size", *map(str, args.size),
-               "--opts", *args.opts]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            norm,
+            "--device",
+            args.device,
+            "--iters",
+            str(args.iters),
+            "--warmup",
+            str(args.warmup),
+            "--threads",
+            str(args.threads),
+            "--size",
+            *map(str, args.size),
+            "--opts",
+            *args.opts,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"{norm} failed:\n{proc.stderr[-3000:]}")
@@ -146,14 +173,18 @@ def main() -> None:
     cuda = args.device == "cuda"
     device = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads} threads"
     overrides = f"; overrides: {' '.join(args.opts)}" if args.opts else ""
-    print(f"Mask R-CNN R50-FPN, 2 images of {args.size[0]}x{args.size[1]}, {device}, "
-          f"torch {torch.__version__}; median of {args.iters} iterations after {args.warmup}"
-          f"{overrides}")
+    print(
+        f"Mask R-CNN R50-FPN, 2 images of {args.size[0]}x{args.size[1]}, {device}, "
+        f"torch {torch.__version__}; median of {args.iters} iterations after {args.warmup}"
+        f"{overrides}"
+    )
     vs = "vs " + ref["norm"]
     print(f"{'norm':<10}{'s/iter':>10}{vs:>10}{'peak MiB':>12}{vs:>10}")
     for r in results:
-        print(f"{r['norm']:<10}{r['median_s']:>10.3f}{r['median_s'] / ref['median_s']:>10.2f}"
-              f"{r['peak_mb']:>12.0f}{r['peak_mb'] / ref['peak_mb']:>10.2f}")
+        print(
+            f"{r['norm']:<10}{r['median_s']:>10.3f}{r['median_s'] / ref['median_s']:>10.2f}"
+            f"{r['peak_mb']:>12.0f}{r['peak_mb'] / ref['peak_mb']:>10.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,6 @@ QUICK_SHAPES = [
 COLLECTIVES_ONLY = "gloo all_gather of 2C+1 floats (fwd) + all_reduce of 2C (bwd) alone"
 
 
-
-
 def _torch_sync_bn_error() -> Optional[str]:
     """Why nn.SyncBatchNorm cannot run here (None if it can), from a 1-step try."""
     layer = nn.SyncBatchNorm(4)

@@ -4,6 +4,7 @@
 Training and tests call this on first use; run it by hand to generate the files ahead of time:
     python datasets/prepare_shapes.py [--root DIR]
 """
+
 import argparse
 
 from sn_detection.data.shapes import dataset_root, prepare_shapes_dataset

@@ -18,6 +18,7 @@ project does not use.
 A detectron2 that is already importable (for example one built from source with its C++ ops) is
 left alone. Use ``--force`` to replace it.
 """
+
 import argparse
 import importlib.util
 import pathlib
@@ -62,11 +63,13 @@ def _make_pure_python_wheel(wheel: pathlib.Path, workdir: pathlib.Path) -> pathl
     # a pure-Python wheel for any Python 3
     _rewrite_lines(
         dist_info / "WHEEL",
-        lambda line: "Root-Is-Purelib: true"
-        if line.startswith("Root-Is-Purelib:")
-        else "Tag: py3-none-any"
-        if line.startswith("Tag:")
-        else line,
+        lambda line: (
+            "Root-Is-Purelib: true"
+            if line.startswith("Root-Is-Purelib:")
+            else "Tag: py3-none-any"
+            if line.startswith("Tag:")
+            else line
+        ),
     )
     # drop the unneeded upper bound on numpy
     _rewrite_lines(
@@ -89,7 +92,9 @@ def main() -> int:
 
     spec = importlib.util.find_spec("detectron2")
     if spec is not None and not args.force:
-        print(f"detectron2 already installed at {pathlib.Path(spec.origin).parent}: leaving it alone")
+        print(
+            f"detectron2 already installed at {pathlib.Path(spec.origin).parent}: leaving it alone"
+        )
         return 0
 
     with tempfile.TemporaryDirectory(prefix="detectron2-wheel-") as tmp:

@@ -6,6 +6,7 @@ backbones; box, mask, C4 res5 and semantic FPN heads; ``SNRetinaNet``) and the e
 (``sn_detection.data``: ``sn_shapes_*`` and its keypoint/panoptic versions, ``sn_clutter_*``, and
 the user COCO files named in ``SN_DETECTION_COCO_DATASETS`` by tools/norm_study.py).
 """
+
 import importlib.util
 import warnings
 
@@ -22,8 +23,10 @@ if importlib.util.find_spec("detectron2") is None:
 # filters are left as they were; importing detectron2 directly still shows it).
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
-    from . import data  # noqa: F401  (imported for registration: the shapes datasets)
-    from . import modeling  # noqa: F401  (imported for registration: backbones and RoI heads)
+    from . import (
+        data,  # noqa: F401  (imported for registration: the shapes datasets)
+        modeling,  # noqa: F401  (imported for registration: backbones and RoI heads)
+    )
     from .config import add_sn_config
     from .layers import FrozenSwitchNorm2d, SwitchNorm2d, SyncSwitchNorm2d, get_norm
     from .solver import build_sn_optimizer

@@ -1,4 +1,5 @@
 """Print the versions sn_detection runs with: ``python -m sn_detection.collect_env``."""
+
 import importlib
 import importlib.metadata
 import platform

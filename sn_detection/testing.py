@@ -16,6 +16,7 @@ Nothing in the library imports this module. It holds
 - ``detection_fields``, ``assert_same_detections``: exported against eager detections.
 - ``sparse_sn_model``: sparse SN layers with some weight vectors fixed (``SPARSE_SN_LAYERS``).
 """
+
 import importlib.util
 import math
 import os
@@ -357,7 +358,7 @@ def copypaste_metrics(log: str) -> Dict[str, Dict[str, float]]:
             continue
         text = m.group(1)
         if text.startswith("Task: "):
-            task, names = text[len("Task: "):], None
+            task, names = text[len("Task: ") :], None
         elif names is None:
             names = text.split(",")
         else:

@@ -21,6 +21,7 @@ Generated deterministically from the seeds in ``SPLITS`` on first use into
 ``$DETECTRON2_DATASETS/sn_clutter`` (about 35 MB) and registered as ``sn_clutter_train`` and
 ``sn_clutter_val``. Masks are RLE: train with ``INPUT.MASK_FORMAT: "bitmask"``.
 """
+
 import math
 from typing import Dict, List, Tuple
 

@@ -9,6 +9,7 @@ description; generation happens under a file lock (safe when several processes l
 at once), writes the images first and the json last, so the json's presence with the current
 version means the split is complete.
 """
+
 import json
 import logging
 import os
@@ -71,9 +72,7 @@ class EmbeddedDataset:
             for obj in objects:
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, **obj})
         coco = {
-            "info": {
-                "description": f"sn_detection {self.title}, {split}, version {self.version}"
-            },
+            "info": {"description": f"sn_detection {self.title}, {split}, version {self.version}"},
             "images": images,
             "annotations": annotations,
             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(self.categories)],

@@ -5,6 +5,7 @@ plus PNG images, generated on first use into ``$DETECTRON2_DATASETS/sn_shapes`` 
 ``datasets/sn_shapes``) and registered with detectron2 as ``sn_shapes_train`` and
 ``sn_shapes_val``. The same seed always gives the same files.
 """
+
 import math
 from typing import Dict, List, Tuple
 
@@ -31,9 +32,7 @@ def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> n
 def _make_image(rng: np.random.RandomState) -> Tuple[np.ndarray, List[Dict]]:
     size = IMAGE_SIZE
     background = rng.randint(0, 80, size=3)
-    image = np.clip(
-        background + rng.normal(0, 12, size=(size, size, 3)), 0, 255
-    ).astype(np.uint8)
+    image = np.clip(background + rng.normal(0, 12, size=(size, size, 3)), 0, 255).astype(np.uint8)
     objects, centres = [], []
     for _ in range(rng.randint(1, 4)):
         category = rng.randint(len(CATEGORIES))

@@ -21,6 +21,7 @@ They reuse the images and instances of ``sn_shapes_{train,val}`` unchanged and a
 The instances have no COCO json of their own: detectron2's ``COCOEvaluator`` converts the dataset
 dicts.
 """
+
 import copy
 import json
 import os
@@ -191,4 +192,3 @@ def register_shapes_task_datasets() -> None:
                 **_STUFF_METADATA,
                 **_THING_METADATA,
             )
-

@@ -6,6 +6,7 @@ Where to look: the math of the (N, C)-sized statistics in ``mixer.py``; the auto
 the modules in ``switch_norm.py``, ``sync_switch_norm.py`` and ``sparse_switch_norm.py`` (sparse
 SN, with ``sparsestmax.py``); norm names in ``norm.py``.
 """
+
 from .kernels import (
     SNKernels,
     kernels_status,

@@ -13,6 +13,7 @@ Switches, read once when this module is imported and changeable in code:
 - ``SN_DETECTION_COMPILE_MIXER``: "auto" (default: compile the (N, C) mixer with
   ``torch.compile`` on CUDA), "1" (on every device) or "0" (never); :func:`set_compile_mixer`.
 """
+
 import contextlib
 import logging
 import os

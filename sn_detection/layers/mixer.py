@@ -159,8 +159,14 @@ def mix_backward(grad_scale: Tensor, grad_shift: Tensor, saved):
         grad_var_bn = q[2] * col_var
 
     return (
-        grad_m, grad_v, grad_weight, grad_bias, torch.stack(grad_p), torch.stack(grad_q),
-        grad_mean_bn, grad_var_bn,
+        grad_m,
+        grad_v,
+        grad_weight,
+        grad_bias,
+        torch.stack(grad_p),
+        torch.stack(grad_q),
+        grad_mean_bn,
+        grad_var_bn,
     )
 
 

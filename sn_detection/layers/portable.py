@@ -7,6 +7,7 @@ Caveat: the variance is E[x^2] - E[x]^2 of float32 sums (float64 for float64), w
 error of about 1e-7 * (mean / std)^2 per plane (1e-5 at a mean 10 times the spread, 1e-3 at 100
 times); the eager kernels have no such limit. Why this path and not custom ops: docs/DESIGN.md.
 """
+
 from typing import Optional, Tuple
 
 import torch
@@ -75,7 +76,5 @@ def switch_norm_inference(
     whose BN branch (if any: ``running_mean``/``running_var`` not None) uses the running
     statistics: eval mode and the frozen layer, in portable PyTorch."""
     mean, var = moments_inference(x)
-    scale, shift = mix_scale_shift(
-        mean, var, weight, bias, p, q, running_mean, running_var, eps
-    )
+    scale, shift = mix_scale_shift(mean, var, weight, bias, p, q, running_mean, running_var, eps)
     return apply_inference(x, scale, shift)

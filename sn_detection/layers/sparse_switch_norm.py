@@ -6,6 +6,7 @@ Statistics, kernels and SyncSN's exact all-gather are SN's: only ``mix_weights``
 radius, the fixed flags and the choice of a fixed layer live on the device: a training step reads
 no host value. ``set_ssn_radius`` and ``hold_fixed_logits`` are what a training loop calls.
 """
+
 import warnings
 from typing import Iterator, Tuple
 

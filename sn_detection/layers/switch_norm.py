@@ -1,5 +1,6 @@
 """Switchable Normalization (Luo et al., ICLR 2019) for 4-D feature maps: the trainable layer and
 its frozen form."""
+
 import warnings
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -96,8 +97,13 @@ class _SwitchNormBase(nn.Module):
     def _normalize(self, x: Tensor) -> Tensor:
         p, q = self._forward_mix_weights()
         y, batch_stats = switch_norm(
-            x, self.weight, self.bias, p, q,
-            eps=self.eps, bn=self._bn_source() if self.using_bn else None,
+            x,
+            self.weight,
+            self.bias,
+            p,
+            q,
+            eps=self.eps,
+            bn=self._bn_source() if self.using_bn else None,
         )
         if batch_stats is not None:
             self._update_running_stats(*batch_stats)
@@ -133,9 +139,7 @@ class _SwitchNormBase(nn.Module):
                 + str(x.shape)
             )
         if x.numel() == 0:
-            return _empty_input_output(
-                x, self.weight, self.bias, self.mean_weight, self.var_weight
-            )
+            return _empty_input_output(x, self.weight, self.bias, self.mean_weight, self.var_weight)
         running_mean: Optional[Tensor] = None
         running_var: Optional[Tensor] = None
         if hasattr(self, "running_mean"):

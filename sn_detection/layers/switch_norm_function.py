@@ -11,6 +11,7 @@ exporter or compiler, or for tensor subclasses, the same formulas run as plain P
 ``torch.jit.trace``/``torch.export``); SyncSN synchronizing a training batch cannot be traced or
 exported (an error) and runs eagerly under ``torch.compile``. The pass plan: docs/DESIGN.md.
 """
+
 from typing import Optional, Tuple, Union
 
 import torch
@@ -170,9 +171,7 @@ def _switch_norm_plain_ops(x, weight, bias, p, q, eps, bn):
         batch_stats = (mean_bn.detach(), var_bn.detach(), count.detach())
     elif bn is not None:
         mean_bn, var_bn = bn
-    scale, shift, _ = mix_forward(
-        mean_in, var_in, weight, bias, p, q, mean_bn, var_bn, eps
-    )
+    scale, shift, _ = mix_forward(mean_in, var_in, weight, bias, p, q, mean_bn, var_bn, eps)
     return PLAIN_KERNELS.apply(x, scale, shift), batch_stats
 
 
@@ -188,25 +187,23 @@ def switch_norm(
     kernels: Optional[SNKernels] = None,
 ) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor, Tensor]]]:
     """Apply SN to a 4-D ``x`` with H*W > 0 (the modules handle inputs with no element), with
-``p``/``q`` the mix weights of the means and variances (the layer's ``mix_weights()``: softmax
-of the logits for SN); their gradients flow back through whatever computed them.
+    ``p``/``q`` the mix weights of the means and variances (the layer's ``mix_weights()``: softmax
+    of the logits for SN); their gradients flow back through whatever computed them.
 
-    ``bn`` says where the BN branch takes its statistics from: None (no BN branch), a tuple
-    (mean, var) (the running statistics), or a ``BatchReduction`` (the batch: ``LOCAL_BATCH`` for
-    this process's samples; SyncSN's reduction combines every process's). ``kernels`` overrides
-    the choice of ``kernels.select_kernels``.
+        ``bn`` says where the BN branch takes its statistics from: None (no BN branch), a tuple
+        (mean, var) (the running statistics), or a ``BatchReduction`` (the batch: ``LOCAL_BATCH``
+        for this process's samples; SyncSN's reduction combines every process's). ``kernels``
+        overrides the choice of ``kernels.select_kernels``.
 
-    Returns the output (x's dtype) and the batch's BN statistics (mean, variance, sample count,
-    detached) for the running-statistics update, or None when the BN branch did not use the
-    batch. Autocast is disabled inside: statistics are float32 (float64 for float64 inputs).
+        Returns the output (x's dtype) and the batch's BN statistics (mean, variance, sample count,
+        detached) for the running-statistics update, or None when the BN branch did not use the
+        batch. Autocast is disabled inside: statistics are float32 (float64 for float64 inputs).
     """
     with torch.autocast(x.device.type, enabled=False):
         if _opaque_kernels_unusable(x):
             if not isinstance(bn, BatchReduction) and _exporting():
                 running_mean, running_var = (None, None) if bn is None else bn
-                y = switch_norm_inference(
-                    x, weight, bias, p, q, running_mean, running_var, eps
-                )
+                y = switch_norm_inference(x, weight, bias, p, q, running_mean, running_var, eps)
                 return y, None
             if not isinstance(bn, BatchReduction) or bn.traceable:
                 return _switch_norm_plain_ops(x, weight, bias, p, q, eps, bn)
@@ -226,7 +223,5 @@ of the logits for SN); their gradients flow back through whatever computed them.
             fwd = _Forward(x, weight, bias, p, q, eps, bn, kernels)
             return fwd.y, fwd.batch_stats
         stats_out: list = []
-        y = _SwitchNormFunction.apply(
-            x, weight, bias, p, q, eps, bn, kernels, stats_out
-        )
+        y = _SwitchNormFunction.apply(x, weight, bias, p, q, eps, bn, kernels, stats_out)
         return y, stats_out[0]

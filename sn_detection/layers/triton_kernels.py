@@ -300,8 +300,18 @@ def _reduce(a: Tensor, b: Tensor, moments: bool, config: LaunchConfig) -> Tuple[
         # planes * n_chunks is at most ~target_programs here: a tiny launch
         rows, block = _tile(planes, plan.n_chunks, config.combine_tile)
         _combine_kernel[(math.ceil(planes / rows),)](
-            *partials, a, out1, out2, planes, plan.n_chunks, hw, dof,
-            MOMENTS=moments, ROWS=rows, BLOCK=block, num_warps=4,
+            *partials,
+            a,
+            out1,
+            out2,
+            planes,
+            plan.n_chunks,
+            hw,
+            dof,
+            MOMENTS=moments,
+            ROWS=rows,
+            BLOCK=block,
+            num_warps=4,
         )
     return out1, out2
 
@@ -321,8 +331,16 @@ def _affine(
     grid = (math.ceil(planes / rows), min(math.ceil(hw / block), config.max_grid_y))
     with _device_guard(x):
         _affine_kernel[grid](
-            x, x if dy is None else dy, out, *coef, planes, hw,
-            BACKWARD=dy is not None, VEC=_vec(hw), ROWS=rows, BLOCK=block,
+            x,
+            x if dy is None else dy,
+            out,
+            *coef,
+            planes,
+            hw,
+            BACKWARD=dy is not None,
+            VEC=_vec(hw),
+            ROWS=rows,
+            BLOCK=block,
             num_warps=config.apply_warps,
         )
     return out

@@ -39,9 +39,11 @@ def without_debug_flag(argv: Optional[Sequence[str]] = None) -> List[str]:
     return [a for a in argv if a != "--debug"]
 
 
-def run_tool(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``main(args)`` (``args``: ``argv`` without ``--debug``) and return its exit status (0 if it
-    returns None); report failures as described in the module docstring."""
+def run_tool(
+    main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[str]] = None
+) -> int:
+    """Run ``main(args)`` (``args``: ``argv`` without ``--debug``) and return its exit status (0 if
+    it returns None); report failures as described in the module docstring."""
     debug = debugging(argv)
     try:
         status = main(without_debug_flag(argv))

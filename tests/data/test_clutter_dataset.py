@@ -1,4 +1,5 @@
 """The embedded clutter dataset: deterministic, valid COCO, occlusion handled, registered."""
+
 import dataclasses
 import hashlib
 import itertools

@@ -1,10 +1,11 @@
 """The embedded shapes dataset: deterministic, valid COCO, registered with detectron2."""
+
 import hashlib
 import json
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from pycocotools.coco import COCO
 from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
 
 from sn_detection.data.shapes import CATEGORIES, SPLITS, generate_split, prepare_shapes_dataset
 

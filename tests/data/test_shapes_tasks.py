@@ -1,5 +1,6 @@
 """The panoptic version of the shapes dataset: its COCO panoptic files are deterministic, agree
 with its semantic maps and instances, and score PQ 100 against themselves in panopticapi."""
+
 import contextlib
 import hashlib
 import io

@@ -19,10 +19,18 @@ SMOKE = CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml"
 
 def test_bfloat16_on_cpu_trains_the_smoke_model_with_finite_losses(tmp_path):
     cfg = load_config(
-        SMOKE, "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "bfloat16",
-        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",  # bfloat16 is slow on CPUs
-        "OUTPUT_DIR", str(tmp_path),
-    )  # fmt: skip
+        SMOKE,
+        "SOLVER.AMP.ENABLED",
+        "True",
+        "SOLVER.AMP.PRECISION",
+        "bfloat16",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "64",  # bfloat16 is slow on CPUs
+        "OUTPUT_DIR",
+        str(tmp_path),
+    )
     trainer = SNTrainer(cfg)
     loop = trainer._trainer
     assert isinstance(loop, AutocastTrainer) and not loop.grad_scaler.is_enabled()

@@ -47,8 +47,10 @@ class Net(nn.Module):
 def _batches(count: int, sizes=(2,), seed=1) -> List[List[torch.Tensor]]:
     """``count`` iterations, each a list of one batch per process (of the given sizes)."""
     g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(n, 3, 6, 7, generator=g, dtype=torch.float64) for n in sizes]
-            for _ in range(count)]  # fmt: skip
+    return [
+        [torch.randn(n, 3, 6, 7, generator=g, dtype=torch.float64) for n in sizes]
+        for _ in range(count)
+    ]
 
 
 def _bn_branch_stats(h: torch.Tensor):
@@ -61,9 +63,15 @@ def _bn_branch_stats(h: torch.Tensor):
 
 def _sn_train_output(layer, h):
     return switch_norm_reference(
-        h, layer.weight, layer.bias, layer.mean_weight, layer.var_weight,
-        layer.running_mean.clone(), layer.running_var.clone(), training=True,
-    )  # fmt: skip
+        h,
+        layer.weight,
+        layer.bias,
+        layer.mean_weight,
+        layer.var_weight,
+        layer.running_mean.clone(),
+        layer.running_var.clone(),
+        training=True,
+    )
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """SSNSchedule: the radius follows iter / max_iter before each step, and fixed logits are held
 after it."""
+
 from types import SimpleNamespace
 
 import pytest

@@ -33,9 +33,13 @@ def test_trainer_init_still_mirrors_detectron2():
 def trainer(tmp_path_factory):
     cfg = load_config(
         CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml",
-        "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2",
-        "OUTPUT_DIR", str(tmp_path_factory.mktemp("trainer")),
-    )  # fmt: skip
+        "TEST.PRECISE_BN.ENABLED",
+        "True",
+        "TEST.PRECISE_BN.NUM_ITER",
+        "2",
+        "OUTPUT_DIR",
+        str(tmp_path_factory.mktemp("trainer")),
+    )
     return SNTrainer(cfg)
 
 

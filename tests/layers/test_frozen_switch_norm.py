@@ -1,4 +1,5 @@
 """FrozenSwitchNorm2d and the converter."""
+
 import torch
 from torch import nn
 

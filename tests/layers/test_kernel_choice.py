@@ -1,4 +1,5 @@
 """kernels.py: one switch for the fast kernels, the self-check that guards them, the status."""
+
 import dataclasses
 import os
 import subprocess

@@ -69,9 +69,7 @@ def _ours(inputs, source, grad_scale, grad_shift):
     with torch.no_grad():
         if source == "batch":
             mean_bn, var_bn, count = mixer.split_summary(mixer.batch_summary(m, v))
-        scale, shift, saved = mix_forward(
-            m, v, weight, bias, p, q, mean_bn, var_bn, EPS
-        )
+        scale, shift, saved = mix_forward(m, v, weight, bias, p, q, mean_bn, var_bn, EPS)
         grads = list(mix_backward(grad_scale, grad_shift, saved))
         if source == "batch":
             more_m, more_v = mixer.batch_statistics_backward(
@@ -196,7 +194,7 @@ def test_out_of_memory_in_the_compiled_mixer_is_raised_not_a_fallback(monkeypatc
 
 def test_compiled_result_that_differs_from_eager_warns_and_falls_back(monkeypatch, compile_mixer):
     """A miscompiled mixer (wrong numbers, no error) is caught by the first call's check."""
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: (lambda t: fn(t) + 1e-3))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: lambda t: fn(t) + 1e-3)
     wrapped = mixer._Compiled(lambda t: t * 2)
     x = torch.ones(3)
     with pytest.warns(UserWarning, match="differs from the eager function.*runs it eagerly"):
@@ -264,7 +262,10 @@ def test_compiled_mixer_matches_eager():
     a subprocess so that compilation state does not leak into other tests."""
     env = dict(os.environ, **{COMPILE_ENV: "1"})
     proc = subprocess.run(
-        [sys.executable, "-c", _COMPILED_CHECK], env=env, capture_output=True, text=True,
+        [sys.executable, "-c", _COMPILED_CHECK],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,5 +1,6 @@
 """Sparse SN: the layer against a plain reference, its fixing of one-hot weights on the device,
 checkpoints, the frozen and scripted forms, and SyncSSN across processes."""
+
 import io
 import math
 
@@ -60,8 +61,14 @@ def test_output_equals_sn_reference_with_the_papers_sparsestmax_weights(training
     x = _x()
     stats = [m.running_mean.clone(), m.running_var.clone()]
     want = switch_norm_reference(
-        x, m.weight, m.bias, *_reference_logits(m, radius), *stats,
-        training=training, momentum=m.momentum, eps=m.eps,
+        x,
+        m.weight,
+        m.bias,
+        *_reference_logits(m, radius),
+        *stats,
+        training=training,
+        momentum=m.momentum,
+        eps=m.eps,
     )
     torch.testing.assert_close(m(x), want, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(m.running_mean, stats[0], rtol=1e-12, atol=1e-12)

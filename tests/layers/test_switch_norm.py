@@ -1,4 +1,5 @@
 """SwitchNorm2d against the plain official-semantics reference, and its edge cases."""
+
 import copy
 
 import pytest
@@ -10,8 +11,9 @@ from sn_detection.testing import gradcheck_layer, random_sn, switch_norm_referen
 
 
 def _reference(m, x, training):
-    params = [p.detach().clone().requires_grad_() for p in
-              (m.weight, m.bias, m.mean_weight, m.var_weight)]
+    params = [
+        p.detach().clone().requires_grad_() for p in (m.weight, m.bias, m.mean_weight, m.var_weight)
+    ]
     rm = m.running_mean.clone() if m.using_bn else None
     rv = m.running_var.clone() if m.using_bn else None
     y = switch_norm_reference(x, *params, rm, rv, training=training, momentum=m.momentum, eps=m.eps)
@@ -238,8 +240,13 @@ def test_autocast_keeps_float32_statistics_and_input_dtype():
 def test_state_dict_keys_and_shapes():
     sd = SwitchNorm2d(5).state_dict()
     assert {k: tuple(v.shape) for k, v in sd.items()} == {
-        "weight": (5,), "bias": (5,), "mean_weight": (3,), "var_weight": (3,),
-        "running_mean": (5,), "running_var": (5,), "num_batches": (),
+        "weight": (5,),
+        "bias": (5,),
+        "mean_weight": (3,),
+        "var_weight": (3,),
+        "running_mean": (5,),
+        "running_var": (5,),
+        "num_batches": (),
     }
     sd = SwitchNorm2d(5, using_bn=False).state_dict()
     assert set(sd) == {"weight", "bias", "mean_weight", "var_weight"}

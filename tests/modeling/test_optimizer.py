@@ -108,8 +108,12 @@ def _ssn_model():
 def test_ssn_logits_get_their_own_lr_no_weight_decay_and_a_clip_norm():
     model = _ssn_model()
     groups = get_sn_optimizer_params(
-        model, base_lr=0.1, weight_decay_norm=0.0, weight_decay_logits=0.5,
-        ssn_logits_lr_factor=0.2, ssn_logits_clip_norm=3.0,
+        model,
+        base_lr=0.1,
+        weight_decay_norm=0.0,
+        weight_decay_logits=0.5,
+        ssn_logits_lr_factor=0.2,
+        ssn_logits_clip_norm=3.0,
     )
     ssn, sn = model[1], model[2]
     (group,) = [g for g in groups if any(p is ssn.mean_weight for p in g["params"])]
@@ -122,9 +126,7 @@ def test_ssn_logits_get_their_own_lr_no_weight_decay_and_a_clip_norm():
 
 def test_group_clipping_clips_only_the_flagged_group():
     a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))
-    optimizer = torch.optim.SGD(
-        [{"params": [a], GROUP_CLIP_NORM: 1.0}, {"params": [b]}], lr=1.0
-    )
+    optimizer = torch.optim.SGD([{"params": [a], GROUP_CLIP_NORM: 1.0}, {"params": [b]}], lr=1.0)
     add_group_gradient_clipping(optimizer)
     a.grad, b.grad = torch.full((3,), 4.0), torch.full((3,), 4.0)
     optimizer.step()

@@ -1,5 +1,6 @@
 """benchmarks/bench_inference.py runs end to end at a tiny size and prints eager and exported
 latencies with the SN/GN ratios; benchmarks/bench_norm.py --eval prints the eval-mode table."""
+
 import subprocess
 import sys
 
@@ -7,17 +8,31 @@ from sn_detection.testing import REPO
 
 # a small model, so that the smoke run takes seconds
 TINY = [
-    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-    "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
-    "TEST.DETECTIONS_PER_IMAGE", "5", "MODEL.ROI_BOX_HEAD.CONV_DIM", "32",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
-]  # fmt: skip
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "64",
+    "MODEL.FPN.OUT_CHANNELS",
+    "32",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "20",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "5",
+    "MODEL.ROI_BOX_HEAD.CONV_DIM",
+    "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "64",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM",
+    "32",
+]
 
 
 def _run(script, *args):
     proc = subprocess.run(
         [sys.executable, "-W", "ignore", str(REPO / "benchmarks" / script), *args],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -34,8 +49,17 @@ def _rows(out, columns):
 
 def test_bench_inference_prints_eager_and_exported_latency_with_ratios_to_gn():
     out = _run(
-        "bench_inference.py", "--sizes", "64x96", "--norms", "SN", "GN", "--repeats", "1",
-        "--warmup", "1", *TINY,
+        "bench_inference.py",
+        "--sizes",
+        "64x96",
+        "--norms",
+        "SN",
+        "GN",
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+        *TINY,
     )
     rows = _rows(out, 9)
     assert set(rows) == {("64x96", "SN"), ("64x96", "GN")}

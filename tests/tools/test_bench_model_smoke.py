@@ -1,4 +1,5 @@
 """benchmarks/bench_model.py runs and prints its table (tiny images, one iteration)."""
+
 import subprocess
 import sys
 
@@ -10,9 +11,26 @@ FEW_ROIS = ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TO
 
 def test_bench_model_prints_time_and_memory_ratios():
     out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/bench_model.py"), "--norms", "GN", "SN",
-         "--iters", "1", "--warmup", "0", "--size", "64", "96", "--opts", *FEW_ROIS],
-        check=True, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(REPO / "benchmarks/bench_model.py"),
+            "--norms",
+            "GN",
+            "SN",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--size",
+            "64",
+            "96",
+            "--opts",
+            *FEW_ROIS,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
     ).stdout
     lines = out.strip().splitlines()
     assert lines[0].startswith("Mask R-CNN R50-FPN, 2 images of 64x96")

@@ -30,18 +30,28 @@ def _lazyconfig_train_net(*args, timeout=600):
     env = dict(os.environ, DETECTRON2_DATASETS=str(REPO / "datasets"))
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools/lazyconfig_train_net.py"), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
 def test_trains_in_bfloat16_on_the_cpu_evaluates_and_eval_only_reproduces_the_ap(tmp_path):
     out = tmp_path / "run"
     rc, log = _lazyconfig_train_net(
-        "--config-file", str(SMOKE), f"train.output_dir={out}", "train.max_iter=2",
-        "train.amp.enabled=True", "train.amp.precision=bfloat16",
-        "train.precise_bn.enabled=True", "train.precise_bn.num_iter=2", *SMALL,
-    )  # fmt: skip
+        "--config-file",
+        str(SMOKE),
+        f"train.output_dir={out}",
+        "train.max_iter=2",
+        "train.amp.enabled=True",
+        "train.amp.precision=bfloat16",
+        "train.precise_bn.enabled=True",
+        "train.precise_bn.num_iter=2",
+        *SMALL,
+    )
     assert rc == 0, log[-4000:]
     assert "Starting training from iteration 0" in log
     # the precise pass ran after the last iteration, before the checkpoint and the evaluation
@@ -58,9 +68,13 @@ def test_trains_in_bfloat16_on_the_cpu_evaluates_and_eval_only_reproduces_the_ap
     assert any(isinstance(m, SwitchNorm2d) for m in instantiate(saved.model).modules())
 
     rc, log = _lazyconfig_train_net(  # --eval-only after the overrides, as tools/train_net.py
-        "--config-file", str(SMOKE), f"train.init_checkpoint={out / 'model_final.pth'}",
-        f"train.output_dir={tmp_path / 'eval'}", "--eval-only", *SMALL,
-    )  # fmt: skip
+        "--config-file",
+        str(SMOKE),
+        f"train.init_checkpoint={out / 'model_final.pth'}",
+        f"train.output_dir={tmp_path / 'eval'}",
+        "--eval-only",
+        *SMALL,
+    )
     assert rc == 0, log[-4000:]
     eval_metrics = copypaste_metrics(log)
     for task in ("bbox", "segm"):
@@ -81,10 +95,17 @@ def test_two_process_syncsn_run_trains_and_evaluates(tmp_path):
         "model.roi_heads.mask_head.conv_norm",
     ]
     rc, log = _lazyconfig_train_net(
-        "--num-gpus", "2", "--dist-url", "auto", "--config-file", str(SMOKE),
-        f"train.output_dir={tmp_path}", "train.max_iter=2", *[f"{key}=SyncSN" for key in norms],
+        "--num-gpus",
+        "2",
+        "--dist-url",
+        "auto",
+        "--config-file",
+        str(SMOKE),
+        f"train.output_dir={tmp_path}",
+        "train.max_iter=2",
+        *[f"{key}=SyncSN" for key in norms],
         *SMALL,
-    )  # fmt: skip
+    )
     assert rc == 0, log[-4000:]
     assert "Rank of current process: 0. World size: 2" in log
     assert "SyncSwitchNorm2d" in log and "(norm): SwitchNorm2d" not in log
@@ -163,9 +184,10 @@ def test_an_override_without_a_value_is_refused(capsys):
 
 def test_a_detectron2_constructor_given_sn_is_named_before_anything_is_built(capsys, tmp_path):
     status, err = _fails(
-        capsys, f"train.output_dir={tmp_path}",
+        capsys,
+        f"train.output_dir={tmp_path}",
         "model.backbone.bottom_up.stem._target_=detectron2.modeling.backbone.BasicStem",
-    )  # fmt: skip
+    )
     assert status == 2 and len(err.splitlines()) == 1
     assert (
         "set model.backbone.bottom_up.stem._target_ to sn_detection.modeling.sn_basic_stem" in err

@@ -25,8 +25,12 @@ def _train_net(*args, timeout=600, **env_vars):
     env = dict(os.environ, DETECTRON2_DATASETS=str(REPO / "datasets"), **env_vars)
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools/train_net.py"), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -37,10 +41,18 @@ def run(tmp_path_factory):
     must be logged too), the precise pass on 2 batches."""
     out = tmp_path_factory.mktemp("train_net") / "run"
     log = _train_net(
-        "--config-file", str(SMOKE), "MODEL.BACKBONE.FREEZE_AT", "2",
-        "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2",
-        "OUTPUT_DIR", str(out), *SMALL,
-    )  # fmt: skip
+        "--config-file",
+        str(SMOKE),
+        "MODEL.BACKBONE.FREEZE_AT",
+        "2",
+        "TEST.PRECISE_BN.ENABLED",
+        "True",
+        "TEST.PRECISE_BN.NUM_ITER",
+        "2",
+        "OUTPUT_DIR",
+        str(out),
+        *SMALL,
+    )
     return out, log
 
 
@@ -54,10 +66,17 @@ def test_training_reports_coco_box_and_mask_ap(run):
 def test_eval_only_of_the_trained_weights_reproduces_the_ap(run, tmp_path):
     out, log = run
     eval_log = _train_net(
-        "--config-file", str(SMOKE), "--eval-only", "MODEL.BACKBONE.FREEZE_AT", "2",
-        "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval"),
+        "--config-file",
+        str(SMOKE),
+        "--eval-only",
+        "MODEL.BACKBONE.FREEZE_AT",
+        "2",
+        "MODEL.WEIGHTS",
+        str(out / "model_final.pth"),
+        "OUTPUT_DIR",
+        str(tmp_path / "eval"),
         *SMALL,
-    )  # fmt: skip
+    )
     metrics, eval_metrics = copypaste_metrics(log), copypaste_metrics(eval_log)
     for task in ("bbox", "segm"):
         assert set(eval_metrics[task]) >= {"AP", "AP50", "AP75"}
@@ -76,9 +95,12 @@ def test_the_precise_pass_runs_before_the_weights_are_saved(run):
 def _part(name):
     """The part of a layer of the smoke model, written out here independently of the library."""
     for pattern, part in (
-        (r"\.(stem)\.", None), (r"\.(res\d)\.", None), (r"backbone\.fpn_", "fpn"),
-        (r"roi_heads\.box_head\.", "box_head"), (r"roi_heads\.mask_head\.", "mask_head"),
-    ):  # fmt: skip
+        (r"\.(stem)\.", None),
+        (r"\.(res\d)\.", None),
+        (r"backbone\.fpn_", "fpn"),
+        (r"roi_heads\.box_head\.", "box_head"),
+        (r"roi_heads\.mask_head\.", "mask_head"),
+    ):
         m = re.search(pattern, name)
         if m:
             return part or m.group(1)
@@ -113,10 +135,18 @@ def test_the_shares_of_every_part_are_logged_at_the_last_iteration(run):
 def test_two_process_syncsn_run_trains_and_reports_coco_ap(tmp_path):
     # --num-gpus 2 on a CPU-only machine: detectron2's launcher starts 2 processes on gloo
     log = _train_net(
-        "--num-gpus", "2", "--dist-url", "auto",  # a free port: other runs may hold the default
-        "--config-file", str(CONFIGS / "quick_schedules/mask_rcnn_syncsn_smoke.yaml"),
-        "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path), *SMALL,
-    )  # fmt: skip
+        "--num-gpus",
+        "2",
+        "--dist-url",
+        "auto",  # a free port: other runs may hold the default
+        "--config-file",
+        str(CONFIGS / "quick_schedules/mask_rcnn_syncsn_smoke.yaml"),
+        "SOLVER.MAX_ITER",
+        "2",
+        "OUTPUT_DIR",
+        str(tmp_path),
+        *SMALL,
+    )
     assert "Rank of current process: 0. World size: 2" in log
     assert "SyncSwitchNorm2d" in log  # the model printed at start-up uses SyncSN
     assert set(copypaste_metrics(log)) == {"bbox", "segm"}
@@ -128,10 +158,16 @@ def test_compiled_mixer_trains_and_evaluates_without_falling_back(tmp_path):
     model: SN in backbone, FPN and both heads, training then evaluation. Varying RoI counts and
     channel counts must neither fail compilation nor exhaust dynamo's recompilation limit."""
     log = _train_net(
-        "--config-file", str(SMOKE), "OUTPUT_DIR", str(tmp_path),
-        "MODEL.ROI_BOX_HEAD.NORM", "SN", "MODEL.ROI_MASK_HEAD.NORM", "SN",
+        "--config-file",
+        str(SMOKE),
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "MODEL.ROI_BOX_HEAD.NORM",
+        "SN",
+        "MODEL.ROI_MASK_HEAD.NORM",
+        "SN",
         SN_DETECTION_COMPILE_MIXER="1",
-    )  # fmt: skip
+    )
     assert "torch.compile of SN's" not in log  # the warning of a fallback to eager
     assert "recompile_limit" not in log
     assert set(copypaste_metrics(log)) == {"bbox", "segm"}
@@ -166,9 +202,14 @@ def test_another_option_after_the_overrides_names_where_it_belongs(capsys):
 
 def test_an_unknown_key_is_one_line_with_close_matches_and_nothing_is_written(capsys, tmp_path):
     status, err = _fails(
-        capsys, "--config-file", str(SMOKE), "OUTPUT_DIR", str(tmp_path / "o"),
-        "MODEL.SN.MOMENTUMM", "0.1",
-    )  # fmt: skip
+        capsys,
+        "--config-file",
+        str(SMOKE),
+        "OUTPUT_DIR",
+        str(tmp_path / "o"),
+        "MODEL.SN.MOMENTUMM",
+        "0.1",
+    )
     assert status == 2
     assert err.splitlines() == [
         "error: command line: unknown config key MODEL.SN.MOMENTUMM (did you mean "
@@ -224,9 +265,14 @@ def test_a_stock_config_given_sn_names_the_sn_builder_before_anything_is_written
 
     config = model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml")
     status, err = _fails(
-        capsys, "--config-file", config, "MODEL.RESNETS.NORM", "SN",
-        "OUTPUT_DIR", str(tmp_path / "o"),
-    )  # fmt: skip
+        capsys,
+        "--config-file",
+        config,
+        "MODEL.RESNETS.NORM",
+        "SN",
+        "OUTPUT_DIR",
+        str(tmp_path / "o"),
+    )
     assert status == 2 and len(err.splitlines()) == 1
     assert "set MODEL.BACKBONE.NAME to 'build_sn_resnet_fpn_backbone'" in err
     assert not (tmp_path / "o").exists()

@@ -49,4 +49,3 @@ def test_debug_environment_variable_shows_the_traceback(monkeypatch):
 
 def test_main_return_value_is_the_exit_status():
     assert run_tool(lambda args: 3, []) == 3
-
