@@ -32,7 +32,10 @@ demo: setup
 	$(PY) tools/train_net.py --config-file configs/quick_schedules/mask_rcnn_sn_demo.yaml \
 		OUTPUT_DIR output/demo
 
+# Lint and format check (ruff.toml: detectron2's 100 columns, isort), then the test suite.
 test: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q tests
 
 bench: setup
