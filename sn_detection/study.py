@@ -50,7 +50,7 @@ NORM_KEYS = (
     "MODEL.ROI_BOX_HEAD.NORM",
     "MODEL.ROI_MASK_HEAD.NORM",
 )
-SN_NORMS = ("SN", "SyncSN")
+SN_NORMS = ("SN", "SyncSN", "SSN", "SyncSSN")
 COCO_TRAIN, COCO_TEST = "norm_study_train", "norm_study_test"  # names of --coco-* in every process
 RUN_RECORD, LOCK_FILE, LOG_FILE = "run.json", ".lock", "train.log"
 RESULT_FILES = ("results.md", "results.csv", "results.json", "ap_curve.png", "loss.png")
@@ -109,12 +109,12 @@ def _on_cpu(cfg: CfgNode) -> bool:
 
 
 def default_norms(cfg: CfgNode, num_gpus: int) -> List[str]:
-    """FrozenBN where MODEL.WEIGHTS is set, BN, GN, SN, and on several processes the
-    synchronized ones (SyncBN, naiveSyncBN on the CPU; SyncSN)."""
+    """FrozenBN where MODEL.WEIGHTS is set, BN, GN, SN, SSN, and on several processes the
+    synchronized ones (SyncBN, naiveSyncBN on the CPU; SyncSN, SyncSSN)."""
     norms = (["FrozenBN"] if cfg.MODEL.WEIGHTS else []) + ["BN", "GN"]
     if num_gpus > 1:
         norms.append("naiveSyncBN" if _on_cpu(cfg) else "SyncBN")
-    return norms + ["SN"] + (["SyncSN"] if num_gpus > 1 else [])
+    return norms + ["SN", "SSN"] + (["SyncSN", "SyncSSN"] if num_gpus > 1 else [])
 
 
 def load_config(config_file: str, overrides: Sequence[str]) -> CfgNode:

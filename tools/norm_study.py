@@ -41,7 +41,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         "--norms",
         nargs="+",
         metavar="NORM",
-        help="norms to compare (default: FrozenBN where MODEL.WEIGHTS is set, BN, GN, SN, and "
+        help="norms to compare (default: FrozenBN where MODEL.WEIGHTS is set, BN, GN, SN, SSN, and "
         "the synchronized norms when --num-gpus > 1)",
     )
     parser.add_argument(

@@ -19,7 +19,7 @@ from ..layers.switch_norm import BRANCHES
 from .metrics import METRICS, TASKS
 from .plots import Band, curves_figure, png_bytes
 from .shares import STATS
-from .tables import PARTS_HEADER, parts_rows
+from .tables import PARTS_HEADER, parts_rows, sparse_table
 
 Record = Dict[str, Any]
 FINISHED, FAILED = "finished", "failed"
@@ -87,7 +87,9 @@ def results_csv(rows: Sequence[Dict[str, Any]]) -> str:
 
 
 def shares_summary(records: Sequence[Record], norm: str) -> Dict[str, Any]:
-    """The per-part SN shares of ``norm``'s finished runs, averaged over seeds."""
+    """The per-part SN shares of ``norm``'s finished runs, averaged over seeds; for sparse SN,
+    also the part's ``"ssn"`` choices and fixed counts (``analysis.shares.sparse_summary``),
+    averaged over seeds."""
     summaries = [r["sn_shares"] for r in finished(records, norm) if "sn_shares" in r]
     out: Dict[str, Any] = OrderedDict()
     for part in summaries[0] if summaries else []:
@@ -98,6 +100,16 @@ def shares_summary(records: Sequence[Record], norm: str) -> Dict[str, Any]:
                 for s in STATS
             },
         }
+        ssn = [x[part]["ssn"] for x in summaries if "ssn" in x.get(part, {})]
+        if ssn:
+            out[part]["ssn"] = {
+                key: (
+                    {b: statistics.fmean(c[key][b] for c in ssn) for b in BRANCHES}
+                    if isinstance(value, dict)
+                    else statistics.fmean(c[key] for c in ssn)
+                )
+                for key, value in ssn[0].items()
+            }
     return out
 
 
@@ -164,6 +176,15 @@ def results_markdown(
                 *PARTS_HEADER,
                 *parts_rows(shares),
             ]
+            sparse = sparse_table(shares)
+            if sparse:
+                lines += [
+                    "",
+                    f"Sparse SN choices of {row['norm']} at the end of training (layers per "
+                    "chosen statistic and fixed layers, mean over seeds):",
+                    "",
+                    *sparse,
+                ]
     return "\n".join(lines) + "\n"
 
 

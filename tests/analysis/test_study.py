@@ -30,7 +30,7 @@ from sn_detection.utils.cli import InputError
 SMOKE = str(CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml")
 # A stand-in for tools/train_net.py: reads the KEY VALUE overrides, writes detectron2's
 # metrics.json (two records, an evaluation at the end); fails where FAKE_FAIL names "<norm>:<seed>";
-# with FAKE_PID_FILE, writes its pid there and sleeps.
+# with FAKE_PID_FILE, writes its pid there and sleeps; for SSN, model_final.pth of sparse_sn_model.
 FAKE_TRAIN_NET = textwrap.dedent(
     """
     import json, os, sys, time
@@ -53,6 +53,11 @@ FAKE_TRAIN_NET = textwrap.dedent(
     ]
     with open(os.path.join(opts["OUTPUT_DIR"], "metrics.json"), "w") as f:
         f.write("\\n".join(json.dumps(r) for r in records) + "\\n")
+    if norm == "SSN":
+        import torch
+        from sn_detection.testing import sparse_sn_model
+        final = os.path.join(opts["OUTPUT_DIR"], "model_final.pth")
+        torch.save({"model": sparse_sn_model().state_dict()}, final)
     """
 )
 
@@ -142,13 +147,23 @@ def test_frozen_bn_freezes_the_backbone_only_and_sync_norms_join_on_several_proc
     assert norm_overrides("FrozenBN")[1::2] == ["FrozenBN", "", "", ""]
     assert norm_overrides("SN")[1::2] == ["SN"] * 4
     cfg = load_config(SMOKE, [])
-    assert default_norms(cfg, 1) == ["BN", "GN", "SN"]
-    assert default_norms(cfg, 2) == ["BN", "GN", "naiveSyncBN", "SN", "SyncSN"]
+    assert default_norms(cfg, 1) == ["BN", "GN", "SN", "SSN"]
+    assert default_norms(cfg, 2) == ["BN", "GN", "naiveSyncBN", "SN", "SSN", "SyncSN", "SyncSSN"]
     cfg.MODEL.WEIGHTS = "weights.pkl"
     assert default_norms(cfg, 1)[0] == "FrozenBN"
 
 
 # -- the run loop ------------------------------------------------------------------------------
+
+
+def test_an_ssn_run_records_its_choices_per_part_in_the_results(tmp_path, fake_train_net):
+    study = prepare(tmp_path, fake_train_net, norms=["SSN"], seeds=[0])
+    assert run_study(study, "test", log=_quiet) == 0
+    shares = json.loads((tmp_path / "out/results.json").read_text())["sn_shares"]["SSN"]
+    assert shares["res3"]["ssn"]["mean_choice"] == {"IN": 1, "LN": 1, "BN": 0}
+    assert (shares["res3"]["ssn"]["mean_fixed"], shares["fpn"]["ssn"]["var_fixed"]) == (2, 0)
+    markdown = (tmp_path / "out/results.md").read_text()
+    assert "Sparse SN choices of SSN" in markdown and "| res3 | 2 | 1 | 1 | 0 |" in markdown
 
 
 def test_each_run_records_the_settings_it_was_trained_with(tmp_path, fake_train_net):

@@ -9,13 +9,16 @@ import cv2
 import numpy as np
 import pytest
 
+from sn_detection.analysis import state_dict_shares, summarize
 from sn_detection.analysis.study_results import (
     band,
     curves_pngs,
     results_csv,
     results_markdown,
+    shares_summary,
     table_rows,
 )
+from sn_detection.testing import sparse_sn_model
 
 
 def record(norm, seed, box_ap, status="finished", max_iter=30):
@@ -101,3 +104,19 @@ def test_curves_have_a_panel_per_task_and_the_loss():
         cv2.imdecode(np.frombuffer(pngs[n], np.uint8), 1) for n in ("ap_curve.png", "loss.png")
     )
     assert ap.shape == (360, 1000, 3) and loss.shape == (360, 500, 3)
+
+
+def test_ssn_choices_are_averaged_over_seeds_per_part():
+    summary = summarize(state_dict_shares(sparse_sn_model().state_dict()))
+    other = {**summary, "res3": {**summary["res3"], "ssn": dict(summary["res3"]["ssn"])}}
+    other["res3"]["ssn"]["mean_fixed"] = 0
+    records = [
+        {**record("SSN", 0, 4.0), "sn_shares": summary},
+        {**record("SSN", 1, 6.0), "sn_shares": other},
+    ]
+    ssn = shares_summary(records, "SSN")["res3"]["ssn"]
+    assert (ssn["mean_fixed"], ssn["var_fixed"]) == (1.0, 1.0)
+    assert ssn["mean_choice"] == {"IN": 1.0, "LN": 1.0, "BN": 0.0}
+    rows = table_rows(records, ["SSN"], seeds=2)
+    markdown = results_markdown(rows, records, "cfg.yaml", 1, "tools/norm_study.py ...")
+    assert "| res3 | 2 | 1 | 1 | 0 | 0 | 0 | 1 | 1 | 1 |" in markdown
