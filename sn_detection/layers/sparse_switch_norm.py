@@ -13,12 +13,10 @@ from typing import Iterator, Tuple
 import torch
 from torch import Tensor, nn
 
-from .sparsestmax import is_one_hot, sparsestmax
+from .sparsestmax import ZERO_SHARE_LOGIT as _ZERO_SHARE_LOGIT  # noqa: F401  (one_hot_norm)
+from .sparsestmax import is_one_hot, sparsestmax, weights_as_logits
 from .switch_norm import LOGIT_NAMES, SSN_BUFFER_NAMES, SwitchNorm2d
 from .sync_switch_norm import SyncSwitchNorm2d
-
-# a logit whose softmax share is exactly 0 in float16 and wider types
-_ZERO_SHARE_LOGIT = -1e4
 
 
 class _SparseMixin:
@@ -73,7 +71,7 @@ class _SparseMixin:
         whose share is exactly 0): what a frozen (softmax) SN layer holds for this layer."""
         with torch.no_grad():
             p, q = self.mix_weights()
-            return tuple(torch.log(w).clamp(min=_ZERO_SHARE_LOGIT) for w in (p, q))
+            return tuple(weights_as_logits(w) for w in (p, q))
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

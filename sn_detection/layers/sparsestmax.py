@@ -74,3 +74,23 @@ def is_one_hot(weights: Tensor) -> Tensor:
 
 
 VERTEX_DISTANCE = {2: math.sqrt(1 / 2), 3: math.sqrt(2 / 3)}  # from u to a vertex, per K
+
+
+def saved_weights(logits: Tensor, radius: Tensor, fixed: Tensor) -> Tensor:
+    """The mix weights a saved sparse SN layer stands for, from its state: each row of ``logits``
+    (R, K) gives sparsestmax(row, radius), or, where ``fixed`` (R,) is set, the one-hot of its
+    largest logit (the choice a fixed layer's logits hold)."""
+    branches = torch.arange(logits.shape[-1], device=logits.device)
+    one_hot = (branches == logits.argmax(-1, keepdim=True)).to(logits.dtype)
+    weights = sparsestmax(logits, radius.reshape(()).to(logits.dtype))
+    return torch.where(fixed.reshape(-1, 1) != 0, one_hot, weights)
+
+
+# a logit whose softmax share is exactly 0 in float16 and wider types
+ZERO_SHARE_LOGIT = -1e4
+
+
+def weights_as_logits(weights: Tensor) -> Tensor:
+    """Logits whose softmax is ``weights`` (each row on the simplex): log(weights), with a weight
+    of 0 as a logit of -1e4, whose share is exactly 0. What a softmax (SN) layer holds for them."""
+    return torch.log(weights).clamp(min=ZERO_SHARE_LOGIT)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .portable import switch_norm_inference
+from .sparsestmax import saved_weights, weights_as_logits
 from .switch_norm_function import LOCAL_BATCH, BatchNormSource, switch_norm
 
 # The names of SN's statistics and tensors, used wherever SN layers or their checkpoints are read.
@@ -186,14 +187,15 @@ class _SwitchNormBase(nn.Module):
         keys = [prefix + name for name in SSN_BUFFER_NAMES + LOGIT_NAMES]
         if self._holds_sparse_state or not all(key in state_dict for key in keys):
             return
-        from .sparse_switch_norm import SparseSwitchNorm2d  # it builds on this module
-
-        logits = [torch.as_tensor(state_dict[prefix + name]) for name in LOGIT_NAMES]
-        sparse = SparseSwitchNorm2d(1, using_bn=logits[0].numel() == 3).double()
-        sparse_state = {name: torch.as_tensor(state_dict.pop(prefix + name)) for name in keys[:3]}
-        sparse.load_state_dict({**sparse_state, **dict(zip(LOGIT_NAMES, logits))}, strict=False)
-        for name, old, new in zip(LOGIT_NAMES, logits, sparse.softmax_logits()):
-            state_dict[prefix + name] = new.to(old.dtype)
+        logits = torch.stack(
+            [torch.as_tensor(state_dict[prefix + n]).double() for n in LOGIT_NAMES]
+        )
+        radius, mean_fixed, var_fixed = (torch.as_tensor(state_dict.pop(k)) for k in keys[:3])
+        fixed = torch.cat([mean_fixed.reshape(1), var_fixed.reshape(1)])
+        weights = saved_weights(logits, radius.double(), fixed)
+        for name, w in zip(LOGIT_NAMES, weights):
+            old = state_dict[prefix + name]
+            state_dict[prefix + name] = weights_as_logits(w).to(old.dtype).reshape(old.shape)
         if self._warns_on_sparse_state:
             warnings.warn(
                 f"loading sparse SN (SSN) layers into {type(self).__name__} layers: each keeps "
