@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..utils.cli import InputError
 from .kernel_contract import stats_dtype
 from .portable import apply_inference, moments_inference
-from .sparse_switch_norm import _ZERO_SHARE_LOGIT
+from .sparsestmax import weights_as_logits
 from .switch_norm import BRANCHES, LOGIT_NAMES, FrozenSwitchNorm2d, named_switch_norms
 
 
@@ -202,8 +202,7 @@ def harden(model: nn.Module) -> HardenReport:
         for logit_name, w in zip(LOGIT_NAMES, weights[name]):
             index = int(w.argmax())
             logits = getattr(layer, logit_name)
-            logits.fill_(_ZERO_SHARE_LOGIT)
-            logits[index] = 0.0
+            logits.copy_(weights_as_logits(torch.eye(w.numel(), dtype=logits.dtype)[index]))
             kept.append((BRANCHES[index], 1.0 - float(w[index])))
         (mean, dropped_mean), (var, dropped_var) = kept
         layers[name] = HardenedLayer(mean, var, dropped_mean, dropped_var)

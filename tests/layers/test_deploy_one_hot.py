@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from detectron2.export.torchscript_patch import freeze_training_mode
 from detectron2.layers import Conv2d
 from torch import nn
 
@@ -126,9 +127,11 @@ def _exports():
         session = ort.InferenceSession(buffer.getvalue())
         return lambda y: torch.from_numpy(session.run(None, {"x": y.numpy()})[0])
 
+    dims = ({0: torch.export.Dim("n"), 2: torch.export.Dim("h"), 3: torch.export.Dim("w")},)
     return {
         "jit.trace": lambda m, x: torch.jit.trace(m, x),
         "jit.script": lambda m, x: torch.jit.script(m),
+        "torch.export": lambda m, x: torch.export.export(m, (x,), dynamic_shapes=dims).module(),
         "onnx": onnx_runner,
     }
 
@@ -144,6 +147,16 @@ def test_deployed_model_exports_equal_to_eager_for_every_choice(exporter):
         want, got = model(x), exported(x)
     tolerance = 1e-4 if dtype == torch.float32 else 1e-10
     torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
+
+
+def test_deployed_model_scripts_under_detectron2s_scripting_patches():
+    model = _model(CHOICES, in_conv=True)
+    deployed = deployable(model).model
+    with freeze_training_mode(deployed):  # what scripting_with_instances does to every module
+        scripted = torch.jit.script(deployed)
+    x = _input()
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=1e-10)
 
 
 # -- harden --------------------------------------------------------------------------------------
@@ -177,3 +190,8 @@ def test_harden_reports_the_dropped_share_per_layer_and_in_all():
 def test_harden_of_a_model_without_sn_layers_is_refused_saying_so():
     with pytest.raises(InputError, match="has no SN layer"):
         harden(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)))
+
+
+def test_harden_of_a_trainable_sn_layer_itself_is_refused_naming_what_to_pass():
+    with pytest.raises(InputError, match="pass the module holding the layer"):
+        harden(SwitchNorm2d(4))
