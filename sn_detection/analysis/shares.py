@@ -213,7 +213,10 @@ def _sparse_softmax_logits(
     sparse = SparseSwitchNorm2d(1, using_bn=mean.numel() == 3).double()
     saved = {}
     for name in SSN_BUFFER_NAMES:
-        value = _logit_tensor(state[f"{layer}.{name}"], f"{layer}.{name}", source)
+        value = state[f"{layer}.{name}"]
+        if isinstance(value, Tensor) and value.dtype in (torch.bool, torch.uint8):
+            value = value.long()  # fixed flags saved as bool or byte
+        value = _logit_tensor(value, f"{layer}.{name}", source)
         if value.numel() != 1:
             raise AnalysisError(
                 f"{source or 'the state dict'}: {layer}.{name} has {value.numel()} values, not 1: "
@@ -336,7 +339,7 @@ def load_shares(path: str) -> CheckpointShares:
         raise AnalysisError(
             f"{path} ({kind}, {len(state)} entries, e.g. {keys}) has no SN layer: no pair of "
             "<layer>.mean_weight and <layer>.var_weight tensors. Give a checkpoint of a model "
-            "with SN/SyncSN layers."
+            "with SN/SyncSN/SSN layers."
         )
     try:
         iteration = int(iteration) if iteration is not None else None

@@ -85,6 +85,15 @@ def test_official_ssn_layout_fixed_mean_is_its_argmax_one_hot_and_var_its_sparse
     assert (layer.fixed, layer.choice("mean"), layer.choice("var")) == ((True, False), "LN", None)
 
 
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8])
+def test_fixed_flags_saved_as_bool_or_byte_are_read(dtype):
+    state = official_ssn_state(mean_fixed=1, var_fixed=0, radius=0.3)
+    for name in ("mean_fixed", "var_fixed"):
+        state[f"{OFFICIAL}.{name}"] = state[f"{OFFICIAL}.{name}"].to(dtype)
+    (layer,) = state_dict_shares(state)
+    assert (layer.fixed, layer.choice("mean")) == ((True, False), "LN")
+
+
 def test_official_ssn_checkpoint_file_reads_as_a_state_dict(tmp_path):
     path = tmp_path / "ssn.pth"
     state = official_ssn_state(mean_fixed=1, var_fixed=1, radius=0.0)
