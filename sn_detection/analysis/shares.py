@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..checkpoint import convert_official, official_state_dict, read_checkpoint
 from ..checkpoint.official_layout import strip_module_prefix
 from ..layers import named_switch_norms
-from ..layers.sparse_switch_norm import SparseSwitchNorm2d
+from ..layers.sparsestmax import saved_weights, weights_as_logits
 from ..layers.switch_norm import BRANCHES, LOGIT_NAMES, SSN_BUFFER_NAMES
 from ..utils.cli import InputError
 
@@ -205,13 +205,12 @@ def _logit_tensor(value: Any, key: str, source: str) -> Tensor:
 def _sparse_softmax_logits(
     layer: str, mean: Tensor, var: Tensor, state: Mapping[str, Any], source: str
 ) -> Tuple[Tensor, Tensor, Fixed]:
-    """Logits whose softmax is the mix weights of the saved sparse SN layer ``layer`` (those of
-    :class:`SparseSwitchNorm2d` loaded with its state: sparsestmax at its radius, the one-hot
-    choice where fixed), and its fixed flags."""
+    """Logits whose softmax is the mix weights of the saved sparse SN layer ``layer``
+    (``sparsestmax.saved_weights``: sparsestmax at its radius, the one-hot choice where fixed),
+    and its fixed flags."""
     if mean.numel() not in (2, 3) or mean.shape != var.shape:
         return mean, var, (False, False)  # shares_from_logits names the bad shapes
-    sparse = SparseSwitchNorm2d(1, using_bn=mean.numel() == 3).double()
-    saved = {}
+    saved = []
     for name in SSN_BUFFER_NAMES:
         value = state[f"{layer}.{name}"]
         if isinstance(value, Tensor) and value.dtype in (torch.bool, torch.uint8):
@@ -223,10 +222,12 @@ def _sparse_softmax_logits(
                 "not a sparse SN layer's state; give a checkpoint saved by this package or the "
                 "official SSN code"
             )
-        saved[name] = value.reshape(1).to(getattr(sparse, name).dtype)
-    sparse.load_state_dict({**saved, **dict(zip(LOGIT_NAMES, (mean, var)))}, strict=False)
-    fixed = sparse._fixed().tolist()
-    return (*sparse.softmax_logits(), (bool(fixed[0]), bool(fixed[1])))
+        saved.append(value.reshape(1))
+    radius, mean_fixed, var_fixed = saved
+    fixed = torch.cat([mean_fixed, var_fixed]).double()
+    weights = saved_weights(torch.stack([mean, var]).double(), radius.double(), fixed)
+    logits = weights_as_logits(weights)
+    return logits[0], logits[1], (bool(fixed[0] != 0), bool(fixed[1] != 0))
 
 
 def state_dict_shares(state: Mapping[str, Any], source: str = "") -> List[LayerShares]:
@@ -245,7 +246,7 @@ def state_dict_shares(state: Mapping[str, Any], source: str = "") -> List[LayerS
                 var = _logit_tensor(state[var_key], var_key, source)
                 if all(f"{layer}.{name}" in state for name in SSN_BUFFER_NAMES):
                     mean, var, fixed[layer] = _sparse_softmax_logits(
-                        layer, mean.double(), var.double(), state, source
+                        layer, mean, var, state, source
                     )
                 logits.append((layer, mean, var))
     return shares_from_logits(logits, fixed)
