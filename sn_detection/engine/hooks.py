@@ -11,7 +11,7 @@ from detectron2.utils.events import EventStorage
 from fvcore.nn.precise_bn import get_bn_modules
 from torch import nn
 
-from ..analysis import share_scalars, shares_from_logits, softmax_logits_of
+from ..analysis import layer_shares, share_scalars
 from ..layers import (
     hold_fixed_logits,
     named_switch_norms,
@@ -55,7 +55,7 @@ class SNSharesWriter(HookBase):
 
     def write(self) -> None:
         """Put the current shares into the trainer's EventStorage at its current iteration."""
-        layers = shares_from_logits((n, *softmax_logits_of(m)) for n, m in self._layers)
+        layers = layer_shares(self._layers)
         self.trainer.storage.put_scalars(smoothing_hint=False, **share_scalars(layers))
 
 

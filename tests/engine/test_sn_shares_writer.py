@@ -31,8 +31,8 @@ def _model():
 
 def test_shares_are_written_at_the_writers_period_and_last_iteration_only(monkeypatch):
     calls = []
-    original = sn_hooks.shares_from_logits
-    monkeypatch.setattr(sn_hooks, "shares_from_logits", lambda *a: calls.append(1) or original(*a))
+    original = sn_hooks.layer_shares
+    monkeypatch.setattr(sn_hooks, "layer_shares", lambda *a: calls.append(1) or original(*a))
     hook = SNSharesWriter(_model(), period=20)
     with EventStorage() as storage:
         hook.trainer = _Trainer(storage, max_iter=45)
@@ -62,3 +62,23 @@ def test_written_shares_are_the_part_means_of_the_softmax_of_the_logits():
             assert latest[f"sn/res2/{stat}_{branch}"] == pytest.approx((a[i] + b[i]) / 2, abs=1e-6)
         whole = (stem[2] + a[2] + b[2]) / 3
         assert latest[f"[metric]sn/BN_{stat}"] == pytest.approx(whole, abs=1e-6)
+
+
+def test_the_fixed_fraction_of_sparse_sn_layers_is_written():
+    from sn_detection.analysis import layer_shares, share_scalars
+    from sn_detection.layers import named_switch_norms
+    from sn_detection.testing import sparse_sn_model
+
+    model = sparse_sn_model()
+    hook = SNSharesWriter(model, period=1)
+    with EventStorage() as storage:
+        hook.trainer = _Trainer(storage, max_iter=1)
+        hook.after_step()
+    written = {k: v for k, (v, _) in storage.latest().items() if k.endswith("/fixed")}
+    expected = {
+        k: v
+        for k, v in share_scalars(layer_shares(named_switch_norms(model))).items()
+        if k.endswith("/fixed")
+    }
+    assert written and written == pytest.approx(expected)
+    assert any(0 < v for v in written.values())
