@@ -13,7 +13,6 @@ from typing import Iterator, Tuple
 import torch
 from torch import Tensor, nn
 
-from .sparsestmax import ZERO_SHARE_LOGIT as _ZERO_SHARE_LOGIT  # noqa: F401  (one_hot_norm)
 from .sparsestmax import is_one_hot, sparsestmax, weights_as_logits
 from .switch_norm import LOGIT_NAMES, SSN_BUFFER_NAMES, SwitchNorm2d
 from .sync_switch_norm import SyncSwitchNorm2d
