@@ -32,11 +32,12 @@ demo: setup
 	$(PY) tools/train_net.py --config-file configs/quick_schedules/mask_rcnn_sn_demo.yaml \
 		OUTPUT_DIR output/demo
 
-# Lint and format check (ruff.toml: detectron2's 100 columns, isort), then the test suite.
+# Lint and format check (ruff.toml: detectron2's 100 columns, isort), then the test suite on every
+# core (pytest-xdist; each test process uses one torch thread, tests/conftest.py).
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto tests
 
 bench: setup
 	$(PY) benchmarks/bench_norm.py
