@@ -154,6 +154,23 @@ def deployable(model: nn.Module) -> Deployment:
     return Deployment(model.eval(), layers)
 
 
+def deploy(
+    model: nn.Module, harden_layers: bool = False
+) -> Tuple[Deployment, Optional[HardenReport]]:
+    """:func:`deployable` of ``model``, :func:`harden`-ed first with ``harden_layers``, and the
+    hardening report (None without). What export and ``--eval-only --harden`` run."""
+    hardened = harden(model) if harden_layers else None
+    return deployable(model), hardened
+
+
+def deployment_log(deployment: Deployment, hardened: Optional[HardenReport]) -> str:
+    """The log text of :func:`deploy`: the hardened layers (if any), then what each became."""
+    text = ""
+    if hardened is not None:
+        text = "Hardened SN layers:\n" + "\n".join(hardened.lines()) + "\n"
+    return text + "SN layers deployed as:\n" + "\n".join(deployment.lines())
+
+
 def _rcnn_inference(model: GeneralizedRCNN, inputs: List[Dict[str, Tensor]]) -> list:
     # no postprocessing: RoI masks as computed, boxes in the input image's coordinates
     return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
@@ -476,7 +493,6 @@ def export_from_config(
     image = sample_image(cfg, image_path)
     model = build_model(cfg)
     load_weights(model, cfg.MODEL.WEIGHTS, allow_partial_weights)
-    hardened = harden(model) if harden_layers else None
-    deployment = deployable(model)
+    deployment, hardened = deploy(model, harden_layers)
     path, _ = export(deployment.model, image.to(cfg.MODEL.DEVICE), method, fmt, output_dir)
     return ExportResult(path, deployment, hardened)

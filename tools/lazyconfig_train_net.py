@@ -38,6 +38,7 @@ from sn_detection.engine import (
     resume_or_load,
 )
 from sn_detection.engine.lazy import lazy_evaluator, lazy_sn_hooks, lazy_train_loop
+from sn_detection.engine.trainer import deploy_hardened
 from sn_detection.utils.cli import run_tool
 
 logger = logging.getLogger("detectron2")
@@ -115,9 +116,11 @@ def train(args):
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
-        model = create_ddp_model(model, **ddp_arguments(cfg.train.device, cfg.train.get("ddp", {})))
         checkpointer = SNCheckpointer(model, save_dir=cfg.train.output_dir)
         resume_or_load(checkpointer, cfg.train.init_checkpoint, args.resume)
+        if args.harden:
+            model = deploy_hardened(model)
+        model = create_ddp_model(model, **ddp_arguments(cfg.train.device, cfg.train.get("ddp", {})))
         return do_test(cfg, model)
     do_train(args, cfg)
 

@@ -5,6 +5,8 @@ Usage (detectron2's conventions):
     tools/train_net.py --num-gpus 8 \
         --config-file configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_sn.yaml
     tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS /path/to/model_final.pth
+    # the same, as the model deploys: each SN layer's mix rounded to its argmax choice
+    tools/train_net.py --config-file CONFIG --eval-only --harden MODEL.WEIGHTS model_final.pth
 Multi-machine: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT.
 A wrong key, value or resume checkpoint is one line on stderr and exit status 2 (--debug: the
 traceback).
@@ -49,7 +51,7 @@ def train(args: argparse.Namespace):
                 "TEST.PRECISE_BN.ENABLED applies during training (before each evaluation and at "
                 "the end); --eval-only evaluates the statistics saved in MODEL.WEIGHTS as they are."
             )
-        res = SNTrainer.evaluate(cfg, resume=args.resume)
+        res = SNTrainer.evaluate(cfg, resume=args.resume, harden=args.harden)
         if comm.is_main_process():
             verify_results(cfg, res)
         return res

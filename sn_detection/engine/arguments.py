@@ -10,7 +10,7 @@ from detectron2.engine import default_argument_parser
 __all__ = ["parse_train_args"]
 
 # the flags that may follow the overrides -> their attribute
-TRAILING_FLAGS = {"--resume": "resume", "--eval-only": "eval_only"}
+TRAILING_FLAGS = {"--resume": "resume", "--eval-only": "eval_only", "--harden": "harden"}
 
 
 def parse_train_args(
@@ -25,6 +25,12 @@ def parse_train_args(
     out of the overrides here. Any other option there is an error that says where it belongs,
     with ``override`` as the example of an override."""
     parser = default_argument_parser()
+    parser.add_argument(
+        "--harden",
+        action="store_true",
+        help="with --eval-only: evaluate the model as it deploys, every SN layer rounded to its "
+        "argmax choice (sn_detection.export.deploy); compare with plain --eval-only",
+    )
     args = parser.parse_args(argv)
     opts = []
     for item in args.opts:
@@ -38,4 +44,6 @@ def parse_train_args(
         else:
             opts.append(item)
     args.opts = opts
+    if args.harden and not args.eval_only:
+        parser.error("--harden evaluates a trained model: use it with --eval-only")
     return args

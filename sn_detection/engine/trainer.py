@@ -14,6 +14,7 @@ from torch import nn
 
 from ..checkpoint import SNCheckpointer
 from ..evaluation import build_sn_evaluator
+from ..export import deploy, deployment_log
 from ..layers import named_switch_norms
 from ..solver import build_sn_optimizer
 from .amp import build_train_loop
@@ -121,9 +122,21 @@ class SNTrainer(DefaultTrainer):
         )
 
     @classmethod
-    def evaluate(cls, cfg: CfgNode, resume: bool = False) -> dict:
+    def evaluate(cls, cfg: CfgNode, resume: bool = False, harden: bool = False) -> dict:
         """``--eval-only``: the model of ``cfg`` with MODEL.WEIGHTS (or, with ``resume``, the
-        checked last checkpoint of OUTPUT_DIR), evaluated on every test set."""
+        checked last checkpoint of OUTPUT_DIR), evaluated on every test set; with ``harden``
+        (``--harden``) as it deploys: its SN layers hardened, then :func:`deployable`."""
         model = cls.build_model(cfg)
         resume_or_load(SNCheckpointer(model, save_dir=cfg.OUTPUT_DIR), cfg.MODEL.WEIGHTS, resume)
+        if harden:
+            model = deploy_hardened(model)
         return cls.test(cfg, model)
+
+
+def deploy_hardened(model: nn.Module) -> nn.Module:
+    """``model`` (loaded, any mode) as ``--eval-only --harden`` evaluates it: every SN layer
+    rounded to its argmax choice, then :func:`~sn_detection.export.deployable` (one-hot layers as
+    their single norm, BN folded into the convolution); what each layer became is logged."""
+    deployment, hardened = deploy(model, harden_layers=True)
+    logging.getLogger("sn_detection").info(deployment_log(deployment, hardened))
+    return deployment.model

@@ -6,7 +6,9 @@ import hashlib
 import inspect
 
 import pytest
+import torch
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.layers import Conv2d
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 
 from sn_detection.engine import (
@@ -18,6 +20,8 @@ from sn_detection.engine import (
 )
 from sn_detection.engine.trainer import DETECTRON2_INIT
 from sn_detection.evaluation import PanopticEvaluator
+from sn_detection.layers import named_switch_norms
+from sn_detection.layers.one_hot_norm import OneHotNorm2d
 from sn_detection.testing import CONFIGS, load_config
 
 
@@ -89,3 +93,30 @@ def test_evaluator_adds_sem_seg_and_pq_for_panoptic_data(tmp_path):
     evaluator = SNTrainer.build_evaluator(cfg, "sn_shapes_panoptic_val", str(tmp_path))
     types = [type(e) for e in evaluator._evaluators]
     assert types == [SemSegEvaluator, COCOEvaluator, PanopticEvaluator]
+
+
+def test_eval_only_with_harden_evaluates_the_deployed_model(trainer, tmp_path, monkeypatch):
+    """``--eval-only --harden``: the loaded weights, every SN layer rounded to its choice and
+    deployed as one norm (BN choices folded into their convolutions), then evaluated."""
+    state = trainer.model.state_dict()
+    for key in state:  # the bottom-up network chose BN, the rest (equal logits) IN, its first
+        if key.startswith("backbone.bottom_up.") and key.endswith(("mean_weight", "var_weight")):
+            state[key] = torch.tensor([0.0, 0.0, 1.0])
+    weights = tmp_path / "w.pth"
+    torch.save({"model": state}, weights)
+    cfg = trainer.cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = str(weights)
+    tested = []
+    monkeypatch.setattr(SNTrainer, "test", classmethod(lambda cls, cfg, model: tested.append(model)))
+    SNTrainer.evaluate(cfg, harden=True)
+    (model,) = tested
+    assert not list(named_switch_norms(model))
+    assert not model.training
+    bottom_up = model.backbone.bottom_up
+    convs = [m for m in bottom_up.modules() if isinstance(m, Conv2d)]
+    assert convs and all(m.norm is None for m in convs)  # BN folded into every convolution
+    heads = [m for m in model.roi_heads.modules() if isinstance(m, OneHotNorm2d)]
+    assert heads and all((m.mean_branch, m.var_branch) == ("IN", "IN") for m in heads)
+    SNTrainer.evaluate(cfg, harden=False)
+    assert list(named_switch_norms(tested[1]))  # without --harden: the soft SN model

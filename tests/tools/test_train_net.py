@@ -194,6 +194,16 @@ def test_resume_and_eval_only_may_follow_the_config_overrides():
     assert args.eval_only and args.opts == ["OUTPUT_DIR", "o"]
 
 
+def test_harden_goes_with_eval_only_before_or_after_the_overrides(capsys):
+    parse_args = _tool().parse_args
+    args = parse_args(["--config-file", "c.yaml", "--eval-only", "MODEL.WEIGHTS", "w", "--harden"])
+    assert args.eval_only and args.harden and args.opts == ["MODEL.WEIGHTS", "w"]
+    assert not parse_args(["--config-file", "c.yaml", "--eval-only"]).harden
+    with pytest.raises(SystemExit):
+        parse_args(["--config-file", "c.yaml", "--harden"])
+    assert "--harden evaluates a trained model: use it with --eval-only" in capsys.readouterr().err
+
+
 def test_another_option_after_the_overrides_names_where_it_belongs(capsys):
     with pytest.raises(SystemExit):
         _tool().parse_args(["--config-file", "c.yaml", "SEED", "1", "--num-gpus", "2"])

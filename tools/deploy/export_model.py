@@ -27,7 +27,13 @@ from detectron2.config import CfgNode
 from detectron2.utils.logger import setup_logger
 
 from sn_detection.engine.config_checks import yaml_training_config
-from sn_detection.export import EXPORT_METHODS, FORMATS, check_method, export_from_config
+from sn_detection.export import (
+    EXPORT_METHODS,
+    FORMATS,
+    check_method,
+    deployment_log,
+    export_from_config,
+)
 from sn_detection.utils.cli import run_tool
 
 logger = logging.getLogger("sn_detection")
@@ -77,9 +83,7 @@ def main(argv: List[str]) -> None:
         args.allow_partial_weights,
         args.harden,
     )
-    if result.hardened is not None:
-        logger.info("Hardened SN layers:\n" + "\n".join(result.hardened.lines()))
-    logger.info("SN layers exported as:\n" + "\n".join(result.deployment.lines()))
+    logger.info(deployment_log(result.deployment, result.hardened))
     logger.info(f"Exported by {args.export_method} to {result.path}")
 
 
