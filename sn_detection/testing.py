@@ -11,8 +11,9 @@ Nothing in the library imports this module. It holds
   torch.distributed collectives a block makes;
 - ``REPO``, ``CONFIGS``, ``load_config``: the repository's config files (source checkouts only);
 - ``copypaste_metrics``: the metrics in a log of detectron2's evaluation;
-- ``OfficialResNet``, ``save_official``: the released ImageNet SN classifiers rebuilt from their
-  key list, saved as the official code saves them; ``RunsCode``: a pickle that runs code;
+- ``OfficialResNet``, ``save_official``: the released ImageNet SN and SSN classifiers rebuilt from
+  their key list (``OfficialSN``, ``OfficialSSN``), saved as the official code saves them;
+  ``RunsCode``: a pickle that runs code;
 - ``detection_fields``, ``assert_same_detections``: exported against eager detections.
 - ``sparse_sn_model``: sparse SN layers with some weight vectors fixed (``SPARSE_SN_LAYERS``).
 """
@@ -435,19 +436,79 @@ class OfficialSN(nn.Module):
         )
 
 
+class OfficialSSN(OfficialSN):
+    """The official ``SSN2d`` state: :class:`OfficialSN`'s tensors and shapes plus the buffers
+    ``mean_fixed``, ``var_fixed`` (long, [1]) and ``radius`` ((1,) float). A fixed weight vector
+    holds the logits the official code writes when fixing it: 1 for a random choice, 0 for the
+    other branches. Its mix weights (:meth:`mix_weights`, from ``sparsestmax_reference``): the
+    one-hot of the largest logit where fixed, else sparsestmax of the logits at the radius."""
+
+    def __init__(self, c: int, using_bn: bool, radius: float = 1.0, fixed=(True, True)):
+        super().__init__(c, using_bn)
+        self.register_buffer("mean_fixed", torch.tensor([int(fixed[0])], dtype=torch.long))
+        self.register_buffer("var_fixed", torch.tensor([int(fixed[1])], dtype=torch.long))
+        self.register_buffer("radius", torch.full((1,), float(radius)))
+        with torch.no_grad():
+            for logits, is_fixed in zip((self.mean_weight, self.var_weight), fixed):
+                if is_fixed:
+                    choice = int(torch.randint(logits.numel(), ()))
+                    logits.copy_((torch.arange(logits.numel()) == choice).to(logits.dtype))
+
+    def mix_weights(self) -> List[Tensor]:
+        """The (mean, var) mix weights this state stands for, computed plainly."""
+        out = []
+        for logits, fixed in (
+            (self.mean_weight, self.mean_fixed),
+            (self.var_weight, self.var_fixed),
+        ):
+            z = logits.detach().double().tolist()
+            if int(fixed):
+                out.append(torch.tensor([float(v == max(z)) for v in z], dtype=torch.float64))
+            else:
+                out.append(
+                    torch.tensor(sparsestmax_reference(z, float(self.radius)), dtype=torch.float64)
+                )
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        stats = {}
+        if self.using_bn:
+            stats = {
+                "running_mean": self.running_mean.view(-1),
+                "running_var": self.running_var.view(-1),
+            }
+        # logits whose softmax is the mix weights (a weight of 0: a logit of -inf)
+        p, q = (torch.log(w).to(x.dtype) for w in self.mix_weights())
+        w, b = self.weight.view(-1), self.bias.view(-1)
+        return switch_norm_reference(x, w, b, p, q, training=self.training, **stats)
+
+
+def _official_norm(sparse: bool, radius: float) -> Callable[[int, bool], nn.Module]:
+    """The norm of an official ResNet: OfficialSN, or OfficialSSN at ``radius`` with each weight
+    vector fixed with probability 3/4."""
+    if not sparse:
+        return OfficialSN
+
+    def norm(c: int, using_bn: bool) -> nn.Module:
+        fixed = tuple(bool(f) for f in (torch.rand(2) < 0.75).tolist())
+        return OfficialSSN(c, using_bn, radius, fixed)
+
+    return norm
+
+
 class _V1Block(nn.Module):
-    def __init__(self, cin: int, planes: int, stride: int, using_bn: bool):
+    def __init__(self, cin: int, planes: int, stride: int, using_bn: bool, norm=OfficialSN):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.sn1 = OfficialSN(planes, using_bn)
+        self.sn1 = norm(planes, using_bn)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.sn2 = OfficialSN(planes, using_bn)
+        self.sn2 = norm(planes, using_bn)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.sn3 = OfficialSN(planes * 4, using_bn)
+        self.sn3 = norm(planes * 4, using_bn)
         self.downsample = None
         if stride != 1 or cin != planes * 4:
             conv = nn.Conv2d(cin, planes * 4, 1, stride, bias=False)
-            self.downsample = nn.Sequential(conv, OfficialSN(planes * 4, using_bn))
+            self.downsample = nn.Sequential(conv, norm(planes * 4, using_bn))
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.sn1(self.conv1(x)))
@@ -457,13 +518,13 @@ class _V1Block(nn.Module):
 
 
 class _V2Block(nn.Module):
-    def __init__(self, cin: int, planes: int, stride: int, using_bn: bool):
+    def __init__(self, cin: int, planes: int, stride: int, using_bn: bool, norm=OfficialSN):
         super().__init__()
-        self.sn1 = OfficialSN(cin, using_bn)
+        self.sn1 = norm(cin, using_bn)
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.sn2 = OfficialSN(planes, using_bn)
+        self.sn2 = norm(planes, using_bn)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.sn3 = OfficialSN(planes, using_bn)
+        self.sn3 = norm(planes, using_bn)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.downsample = None
         if stride != 1 or cin != planes * 4:
@@ -480,7 +541,9 @@ class _V2Block(nn.Module):
 class OfficialResNet(nn.Module):
     """ResNet v1/v2 + SN with the official module names, random weights and narrow widths (stem
     ``stem`` channels, res2 bottleneck ``planes``); ``features`` gives what our backbone must
-    return: v1 stage outputs; v2 each stage output through the next pre-activation."""
+    return: v1 stage outputs; v2 each stage output through the next pre-activation.
+    ``sparse``: the official ``resnet_v1_ssn`` instead, its norms :class:`OfficialSSN` at
+    ``radius``, each weight vector fixed with probability 3/4 (``arch`` names the model)."""
 
     def __init__(
         self,
@@ -489,21 +552,25 @@ class OfficialResNet(nn.Module):
         using_bn: bool = True,
         stem: int = 16,
         planes: int = 16,
+        sparse: bool = False,
+        radius: float = 1.0,
     ):
         super().__init__()
         self.version = version
+        self.arch = f"resnet{version}{'ssn' if sparse else 'sn'}{depth}"
         block = _V1Block if version == "v1" else _V2Block
+        norm = _official_norm(sparse, radius)
         self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
-        self.sn1 = OfficialSN(stem, using_bn)
+        self.sn1 = norm(stem, using_bn)
         cin = stem
         for k, n in enumerate(OFFICIAL_BLOCKS[depth], start=1):
             p = planes * 2 ** (k - 1)
-            layer = [block(cin, p, 2 if k > 1 else 1, using_bn)]
-            layer += [block(p * 4, p, 1, using_bn) for _ in range(n - 1)]
+            layer = [block(cin, p, 2 if k > 1 else 1, using_bn, norm)]
+            layer += [block(p * 4, p, 1, using_bn, norm) for _ in range(n - 1)]
             setattr(self, f"layer{k}", nn.Sequential(*layer))
             cin = p * 4
         if version == "v2":
-            self.sn_out = OfficialSN(cin, using_bn)
+            self.sn_out = norm(cin, using_bn)
         self.fc = nn.Linear(cin, 10)
 
     def features(self, x: Tensor) -> Dict[str, Tensor]:
@@ -519,13 +586,20 @@ class OfficialResNet(nn.Module):
 
 
 def save_official(model: nn.Module, path, legacy: bool = False) -> None:
-    """Save ``model`` as the official training script does: DataParallel ("module.") keys,
-    epoch, arch, best_prec1, optimizer; ``legacy``: a numpy best_prec1 and the pre-1.6 format."""
-    state = {"module." + k: v for k, v in model.state_dict().items()}
+    """Save ``model`` as the official training script does: epoch, arch, best_prec1, optimizer,
+    and for SN DataParallel ("module.") keys; for SSN (whose script trains the bare model) bare
+    keys and its step-LR scheduler's state. ``legacy``: a numpy best_prec1 and the pre-1.6
+    format."""
+    arch = getattr(model, "arch", "resnetv1sn50")
+    sparse = "ssn" in arch
+    state = {("" if sparse else "module.") + k: v for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     best = np.float64(76.92) if legacy else 76.92
-    ckpt = {"epoch": 100, "model": "resnetv1sn50", "state_dict": state, "best_prec1": best}
+    ckpt = {"epoch": 100, "model": arch, "state_dict": state, "best_prec1": best}
     ckpt["optimizer"] = optimizer.state_dict()
+    if sparse:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [30, 60, 90])
+        ckpt["lr_scheduler"] = scheduler.state_dict()
     torch.save(ckpt, path, _use_new_zipfile_serialization=not legacy)
 
 

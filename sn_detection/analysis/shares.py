@@ -293,7 +293,8 @@ class CheckpointShares:
     """The SN layers of one checkpoint file: where they come from and their shares."""
 
     source: str
-    kind: str  # "detectron2 checkpoint", "ImageNet SN checkpoint (official layout)", "state dict"
+    # "detectron2 checkpoint", "ImageNet SN (or SSN) checkpoint (official layout)", "state dict"
+    kind: str
     layers: List[LayerShares]
     iteration: Optional[int] = None
 
@@ -313,7 +314,7 @@ class CheckpointShares:
 def load_shares(path: str) -> CheckpointShares:
     """The SN layers of a checkpoint file, read without running code: ours and detectron2's
     (``{"model": state_dict, ...}``, ``.pth`` or ``.pkl``), a bare state dict, or the released
-    ImageNet SN ``.pth`` (recognised by contents and renamed to our backbone's names).
+    ImageNet SN and SSN ``.pth`` (recognised by contents and renamed to our backbone's names).
 
     Raises:
         AnalysisError: for a file with no SN layers (naming what it holds instead).
@@ -322,8 +323,9 @@ def load_shares(path: str) -> CheckpointShares:
     obj = read_checkpoint(path)
     iteration = None
     if official_state_dict(obj) is not None:
-        kind = "ImageNet SN checkpoint (official layout)"
-        state = convert_official(obj, source=path).state
+        conversion = convert_official(obj, source=path)
+        kind = f"ImageNet {conversion.info.norm} checkpoint (official layout)"
+        state = conversion.state
     elif isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         kind = "detectron2 checkpoint"
         state = strip_module_prefix(obj["model"])

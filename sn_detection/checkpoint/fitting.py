@@ -20,7 +20,12 @@ from detectron2.modeling.backbone.resnet import BottleneckBlock
 from torch import Tensor, nn
 
 from ..config import add_sn_config
-from ..layers.switch_norm import LOGIT_NAMES, RUNNING_NAMES, named_switch_norms
+from ..layers.switch_norm import (
+    LOGIT_NAMES,
+    RUNNING_NAMES,
+    SSN_BUFFER_NAMES,
+    named_switch_norms,
+)
 from ..modeling.resnet_v2 import ResNetV2
 from .errors import SHOWN, CheckpointError, natural_key, sample_keys
 from .official_layout import (
@@ -111,7 +116,7 @@ def _settings_problems(info: SNImageNetInfo, layout: BackboneLayout) -> List[str
     if layout.sn_using_bn is None:
         problems.append(
             f"the model's backbone has no SN layers ({', '.join(layout.norm_types) or 'no norm'}):"
-            " set MODEL.RESNETS.NORM to SN (or SyncSN)"
+            f" set MODEL.RESNETS.NORM to {info.norm} (or Sync{info.norm})"
         )
     elif layout.sn_using_bn != {info.using_bn}:
         problems.append(
@@ -153,7 +158,10 @@ def fit_to_model(
 ) -> Tuple[Dict[str, Tensor], BackboneLayout, List[str]]:
     """Check a converted state dict against ``model`` and re-key it to the model's backbone.
 
-    Every parameter and buffer of the model's ResNet must receive a tensor of its exact shape.
+    Every parameter and buffer of the model's ResNet must receive a tensor of its exact shape,
+    except the SSN buffers (radius, fixed flags) of sparse SN layers loaded from SN weights,
+    which keep their own values. SSN weights keep their SSN buffers for every SN layer, also
+    for those that absorb them (SN and frozen layers, ``SwitchNorm2d._absorb_sparse_state``).
     Tensors of stages the model does not build (OUT_FEATURES stops earlier) are returned as
     unused and not loaded. Input-convention differences are logged as warnings.
 
@@ -179,6 +187,8 @@ def fit_to_model(
     for warning in input_convention_warnings(model):
         logger.warning(f"{source}: {warning}")
     missing = set(want) - set(state)
+    if not info.sparse:  # sparse SN layers start unfixed from SN weights
+        missing = {k for k in missing if k.rpartition(".")[2] not in SSN_BUFFER_NAMES}
     if missing and not problems:
         problems.append("the checkpoint lacks tensors the backbone needs")
     differ = [
@@ -204,8 +214,61 @@ def fit_to_model(
             + "\n  - ".join(problems)
             + (f"\n  {diff}" if diff else "")
         )
-    unused = sorted(set(state) - set(want))
-    return {k: v for k, v in state.items() if k in want}, layout, unused
+    absorbed = {k for k in _sparse_buffer_keys(state) if _layer_key(k, LOGIT_NAMES[0]) in want}
+    unused = sorted(set(state) - set(want) - absorbed)
+    return {k: v for k, v in state.items() if k in want or k in absorbed}, layout, unused
+
+
+def _sparse_buffer_keys(keys: Iterable[str]) -> List[str]:
+    return [k for k in keys if k.rpartition(".")[2] in SSN_BUFFER_NAMES]
+
+
+def _layer_key(key: str, name: str) -> str:
+    """The key of tensor ``name`` of the layer that holds ``key``."""
+    return f"{key.rpartition('.')[0]}.{name}"
+
+
+def sparse_state_mismatch(
+    model: nn.Module, checkpoint_keys: Iterable[str], source: str
+) -> Optional[str]:
+    """One warning line when loading ``checkpoint_keys`` (the model's names) into ``model``
+    changes what its SN layers are: sparse SN (SSN) layers of the checkpoint into trainable SN
+    layers, whose SSN choice becomes softmax logits; or SN layers into SSN layers, which start
+    unfixed. None otherwise (frozen layers take SSN weights as their one-hot weights silently).
+    """
+    keys = set(checkpoint_keys)
+    layers = list(named_switch_norms(model))
+    into_sn = [
+        n
+        for n, m in layers
+        if not m._holds_sparse_state
+        and m._warns_on_sparse_state
+        and all(f"{n}.{b}" in keys for b in SSN_BUFFER_NAMES + LOGIT_NAMES)
+    ]
+    into_ssn = [
+        n
+        for n, m in layers
+        if m._holds_sparse_state
+        and f"{n}.{LOGIT_NAMES[0]}" in keys
+        and not all(f"{n}.{b}" in keys for b in SSN_BUFFER_NAMES)
+    ]
+    if into_sn:
+        return (
+            f"{source} has Sparse SN (SSN) layers but the model builds {len(into_sn)} of them "
+            f"as SN (e.g. {into_sn[0]}): each takes its SSN mix weights (one-hot where fixed) "
+            "as softmax logits, so it starts with the SSN choice but trains as SN, and the "
+            "radius and fixed flags are dropped. To keep the sparse layers set the norm to SSN "
+            "(MODEL.RESNETS.NORM SSN for the backbone)."
+        )
+    if into_ssn:
+        return (
+            f"{source} has SN layers without SSN buffers ({', '.join(SSN_BUFFER_NAMES)}) but the "
+            f"model builds {len(into_ssn)} of them as Sparse SN (e.g. {into_ssn[0]}): they start "
+            "unfixed from the SN logits at the model's radius, and the SSN radius schedule makes "
+            "them sparse again. To keep SN's softmax mix set the norm to SN "
+            "(MODEL.RESNETS.NORM SN for the backbone)."
+        )
+    return None
 
 
 def check_against_backbone(conversion: Conversion) -> None:

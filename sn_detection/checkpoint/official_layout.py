@@ -1,10 +1,12 @@
-"""The released ImageNet SN checkpoints: recognise them by contents and convert them.
+"""The released ImageNet SN and Sparse SN checkpoints: recognise them by contents and convert them.
 
-An official checkpoint is a ``torch.save`` dict ``{'state_dict': {'module.' + key: tensor}, 'epoch',
-'best_prec1', 'optimizer', ...}`` of a ResNet v1 or v2 (pre-activation) + SN classifier (see
-docs/PRETRAINED.md). :func:`convert_official` maps every tensor to our backbones' names and shapes
-(norm weight/bias (1,C,1,1) and running statistics (1,C,1) become (C,)) and drops ``fc.*``.
-Nothing here matches names fuzzily.
+An official checkpoint is a ``torch.save`` dict ``{'state_dict': {['module.' +] key: tensor},
+'epoch', 'best_prec1', 'optimizer', ...}`` of a ResNet v1 or v2 (pre-activation) + SN classifier,
+or of the ResNet v1 + SSN one, whose norms (the official ``SSN2d``) also keep the buffers
+``radius``, ``mean_fixed`` and ``var_fixed`` (see docs/PRETRAINED.md). :func:`convert_official`
+maps every tensor to our backbones' names and shapes (norm weight/bias (1,C,1,1) and running
+statistics (1,C,1) become (C,); the SSN buffers keep the (1,) of our sparse SN layers) and drops
+``fc.*``. Nothing here matches names fuzzily.
 """
 
 import pickle
@@ -16,10 +18,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..layers.switch_norm import AFFINE_NAMES, LOGIT_NAMES, RUNNING_NAMES
+from ..layers.sparsestmax import saved_weights
+from ..layers.switch_norm import (
+    AFFINE_NAMES,
+    BRANCHES,
+    LOGIT_NAMES,
+    RUNNING_NAMES,
+    SSN_BUFFER_NAMES,
+)
 from ..modeling.resnet_v2 import BLOCKS_PER_STAGE
 from ..utils.file_io import atomic_save
-from .errors import CheckpointError, sample_keys
+from .errors import SHOWN, CheckpointError, sample_keys
 
 # key of the conversion metadata in converted checkpoints (a dict of plain values)
 SN_IMAGENET_KEY = "sn_imagenet"
@@ -34,6 +43,9 @@ BACKBONE_NAMES = {
     "v2": ("build_sn_resnet_v2_fpn_backbone", "build_sn_resnet_v2_backbone"),
 }
 _LOGIT_SUFFIXES = tuple(f".{name}" for name in LOGIT_NAMES)
+_SSN_SUFFIXES = tuple(f".{name}" for name in SSN_BUFFER_NAMES)
+RADIUS, MEAN_FIXED, VAR_FIXED = SSN_BUFFER_NAMES
+ONE_HOT = 1.0 - 1e-6  # a mix weight at least this large is the layer's choice
 DEFAULT_WIDTHS = (64, 256, 64)
 _CONV_KEY = re.compile(r"(^|\.)(conv\d|downsample|downsample\.0)\.weight$")
 WIDTH_KEYS = (
@@ -101,7 +113,8 @@ def describe_foreign(obj: Any, source: str) -> Optional[str]:
 
 @dataclass(frozen=True)
 class SNImageNetInfo:
-    """What an official checkpoint holds: ResNet version, depth, blocks per stage, BN branch."""
+    """What an official checkpoint holds: ResNet version, depth, blocks per stage, BN branch,
+    and whether its norms are sparse SN (SSN)."""
 
     version: str  # "v1" or "v2" (pre-activation)
     depth: int
@@ -109,18 +122,24 @@ class SNImageNetInfo:
     using_bn: bool
     # (stem out, res2 out, res2 bottleneck) channels; the released models have the defaults
     widths: Tuple[int, int, int] = DEFAULT_WIDTHS
+    sparse: bool = False  # SSN2d layers: radius, mean_fixed and var_fixed besides SN's tensors
+
+    @property
+    def norm(self) -> str:
+        """The norm name our backbone needs for these layers: "SSN" or "SN"."""
+        return "SSN" if self.sparse else "SN"
 
     @property
     def name(self) -> str:
         branch = "IN/LN/BN" if self.using_bn else "IN/LN, no BN branch"
-        return f"ResNet-{self.depth} {self.version} + SN ({branch})"
+        return f"ResNet-{self.depth} {self.version} + {self.norm} ({branch})"
 
     def required_settings(self) -> Dict[str, Any]:
         """The config values these weights need (FPN backbone name; C4 uses the other one)."""
         settings = {
             "MODEL.BACKBONE.NAME": BACKBONE_NAMES[self.version][0],
             "MODEL.RESNETS.DEPTH": self.depth,
-            "MODEL.RESNETS.NORM": "SN",
+            "MODEL.RESNETS.NORM": self.norm,
             "MODEL.RESNETS.STRIDE_IN_1X1": False,
             "MODEL.SN.USING_BN": self.using_bn,
             "INPUT.FORMAT": "RGB",
@@ -138,6 +157,7 @@ class SNImageNetInfo:
             "blocks": list(self.blocks),
             "using_bn": self.using_bn,
             "widths": list(self.widths),
+            "sparse": self.sparse,
         }
 
     @classmethod
@@ -148,32 +168,33 @@ class SNImageNetInfo:
             tuple(int(b) for b in d["blocks"]),
             bool(d["using_bn"]),
             tuple(int(w) for w in d.get("widths", DEFAULT_WIDTHS)),
+            bool(d.get("sparse", False)),  # files converted before SSN was read are SN
         )
 
 
-def _norm_rows(src: str, dst: str, using_bn: bool) -> List[Tuple[str, str]]:
-    names = AFFINE_NAMES + LOGIT_NAMES + (RUNNING_NAMES if using_bn else ())
+def _norm_rows(src: str, dst: str, info: SNImageNetInfo) -> List[Tuple[str, str]]:
+    names = AFFINE_NAMES + LOGIT_NAMES + (RUNNING_NAMES if info.using_bn else ())
+    names += SSN_BUFFER_NAMES if info.sparse else ()
     return [(f"{src}.{p}", f"{dst}.{p}") for p in names]
 
 
 def key_mapping(info: SNImageNetInfo) -> List[Tuple[str, str]]:
     """(official key, our key without prefix) for every tensor of an official checkpoint but fc."""
-    bn = info.using_bn
-    rows = [("conv1.weight", "stem.conv1.weight")] + _norm_rows("sn1", "stem.conv1.norm", bn)
+    rows = [("conv1.weight", "stem.conv1.weight")] + _norm_rows("sn1", "stem.conv1.norm", info)
     for k, num_blocks in enumerate(info.blocks, start=1):
         for i in range(num_blocks):
             src, dst = f"layer{k}.{i}", f"res{k + 1}.{i}"
             for j in (1, 2, 3):
                 rows.append((f"{src}.conv{j}.weight", f"{dst}.conv{j}.weight"))
                 norm = f"{dst}.conv{j}.norm" if info.version == "v1" else f"{dst}.norm{j}"
-                rows += _norm_rows(f"{src}.sn{j}", norm, bn)
+                rows += _norm_rows(f"{src}.sn{j}", norm, info)
             if i == 0 and info.version == "v1":
                 rows.append((f"{src}.downsample.0.weight", f"{dst}.shortcut.weight"))
-                rows += _norm_rows(f"{src}.downsample.1", f"{dst}.shortcut.norm", bn)
+                rows += _norm_rows(f"{src}.downsample.1", f"{dst}.shortcut.norm", info)
             elif i == 0:
                 rows.append((f"{src}.downsample.weight", f"{dst}.shortcut.weight"))
     if info.version == "v2":
-        rows += _norm_rows("sn_out", "norm_out", bn)
+        rows += _norm_rows("sn_out", "norm_out", info)
     return rows
 
 
@@ -219,15 +240,76 @@ def inspect_state_dict(state: Mapping[str, Any]) -> SNImageNetInfo:
             f"the SN checkpoint's BN branch is inconsistent: mean_weight/var_weight lengths "
             f"{sorted(lengths)}, running statistics in {len(with_stats)} of {len(norms)} SN layers"
         )
+    sparse = _is_sparse(state, norms)
+    problems = _sparse_state_problems(state, norms) if sparse else []
+    if problems:
+        more = f" (and {len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""
+        raise CheckpointError(
+            f"the SSN checkpoint's radius and fixed flags are inconsistent: "
+            f"{'; '.join(problems[:SHOWN])}{more}. The official SSN code saves one value each, "
+            "the radius in [0, 1], the flags 0 or 1, and a fixed vector's logits as 1 for its "
+            "choice and 0 for the others: download the file again"
+        )
     widths = tuple(
         state[k].shape[0]
         for k in ("conv1.weight", "layer1.0.conv3.weight", "layer1.0.conv1.weight")
     )
-    return SNImageNetInfo("v2" if v2 else "v1", DEPTHS[blocks], blocks, using_bn, widths)
+    version = "v2" if v2 else "v1"
+    return SNImageNetInfo(version, DEPTHS[blocks], blocks, using_bn, widths, sparse)
+
+
+def _is_sparse(state: Mapping[str, Any], norms: List[str]) -> bool:
+    """Whether the SN layers ``norms`` of ``state`` are the official SSN2d, with radius,
+    mean_fixed and var_fixed; a checkpoint with them in some of its layers only raises."""
+    lacking = [f"{n}.{b}" for n in norms for b in SSN_BUFFER_NAMES if f"{n}.{b}" not in state]
+    if len(lacking) == len(norms) * len(SSN_BUFFER_NAMES):
+        return False
+    if lacking:
+        complete = len(norms) - len({key.rpartition(".")[0] for key in lacking})
+        raise CheckpointError(
+            f"the checkpoint is partly Sparse SN: {complete} of {len(norms)} SN layers have the "
+            f"SSN buffers {', '.join(SSN_BUFFER_NAMES)}, but {sample_keys(lacking)} are "
+            "missing. An official SSN checkpoint has the three in every layer: download it again"
+        )
+    return True
+
+
+def _sparse_state_problems(state: Mapping[str, Any], norms: List[str]) -> List[str]:
+    """What is wrong with the SSN buffers of the SN layers ``norms`` of ``state``: a buffer
+    without exactly one value, a radius outside [0, 1], a fixed flag other than 0 or 1, a fixed
+    weight vector whose logits have no single largest entry (its choice is undefined)."""
+    problems = []
+    for norm in norms:
+        values = {}
+        for name in SSN_BUFFER_NAMES:
+            t = torch.as_tensor(state[f"{norm}.{name}"])
+            if t.numel() != 1 or t.is_complex():
+                problems.append(f"{norm}.{name} has shape {list(t.shape)}, not [1]")
+            else:
+                values[name] = float(t.reshape(()))
+        radius = values.get(RADIUS)
+        if radius is not None and not 0.0 <= radius <= 1.0:  # NaN too
+            problems.append(f"{norm}.{RADIUS} is {radius:g}, not in [0, 1]")
+        for flag_name, logit_name in zip((MEAN_FIXED, VAR_FIXED), LOGIT_NAMES):
+            flag = values.get(flag_name)
+            if flag is not None and flag not in (0.0, 1.0):
+                problems.append(f"{norm}.{flag_name} is {flag:g}, not 0 or 1")
+            elif flag == 1.0:
+                logits = torch.as_tensor(state[f"{norm}.{logit_name}"]).double().flatten()
+                if int((logits == logits.max()).sum()) != 1:
+                    problems.append(
+                        f"{norm}.{flag_name} is 1 but {norm}.{logit_name} "
+                        f"{[round(v, 4) for v in logits.tolist()]} has no single largest logit"
+                    )
+    return problems
 
 
 def _flatten_norm_tensor(key: str, t: Tensor) -> Tensor:
-    """(1,C,1,1) weight/bias and (1,C,1) running statistics -> (C,); logits stay (3,) / (2,)."""
+    """(1,C,1,1) weight/bias and (1,C,1) running statistics -> (C,); logits stay (3,) / (2,);
+    the SSN buffers (one value each) become what our sparse SN layers keep: a (1,) float radius
+    and (1,) long fixed flags."""
+    if key.endswith(_SSN_SUFFIXES):
+        return t.reshape(1).float() if key.endswith(f".{RADIUS}") else t.reshape(1).long()
     if key.endswith(_LOGIT_SUFFIXES) or t.dim() == 1:
         return t
     if t.dim() in (3, 4) and t.shape[0] == 1 and all(s == 1 for s in t.shape[2:]):
@@ -287,8 +369,11 @@ class Conversion:
             f"ImageNet SN checkpoint {self.source}: {self.info.name}, blocks per stage "
             f"{'-'.join(map(str, self.info.blocks))}" + (f" ({extras})" if extras else ""),
             f"{len(self.mapping)} tensors mapped to '{self.prefix}*'; norm weight/bias "
-            "(1,C,1,1) and running statistics (1,C,1) flattened to (C,)",
+            "(1,C,1,1) and running statistics (1,C,1) flattened to (C,)"
+            + ("; SSN radius and fixed flags kept as (1,)" if self.info.sparse else ""),
         ]
+        if self.info.sparse:
+            lines.append(ssn_summary_line(self.state))
         lines += [
             f"  {src} {list(s)} -> {self.prefix}{dst}" + (f" {list(d)}" if d != s else "")
             for src, dst, s, d in self.mapping
@@ -300,6 +385,34 @@ class Conversion:
         c4_backbone = BACKBONE_NAMES[self.info.version][1]
         lines.append(f"  (C4 models: MODEL.BACKBONE.NAME {c4_backbone})")
         return "\n".join(lines)
+
+
+def ssn_summary_line(state: Mapping[str, Tensor]) -> str:
+    """One line on the sparse SN layers of a converted state dict: their radius, and for the
+    means and the variances how many layers are fixed and which statistic each uses alone (its
+    mix weights, ``sparsestmax.saved_weights``, one-hot), or how many mix several."""
+    layers = [k[: -len(_LOGIT_SUFFIXES[0])] for k in state if k.endswith(_LOGIT_SUFFIXES[0])]
+    radii, fixed, choices = [], [], []
+    for layer in layers:
+        logits = torch.stack([state[f"{layer}.{name}"].double() for name in LOGIT_NAMES])
+        flags = torch.cat([state[f"{layer}.{MEAN_FIXED}"], state[f"{layer}.{VAR_FIXED}"]])
+        radius = state[f"{layer}.{RADIUS}"].double()
+        weights = saved_weights(logits, radius, flags)
+        radii.append(float(radius.reshape(())))
+        fixed.append([bool(f) for f in flags.tolist()])
+        top, index = weights.max(-1)
+        choices.append([BRANCHES[int(i)] if t >= ONE_HOT else None for t, i in zip(top, index)])
+    low, high = min(radii), max(radii)
+    parts = [f"{len(layers)} SSN layers, radius {low:g}" + (f" to {high:g}" if high > low else "")]
+    for row, stat in enumerate(("mean", "var")):
+        chosen = [c[row] for c in choices]
+        counts = ", ".join(f"{b} {chosen.count(b)}" for b in BRANCHES)
+        mixed = chosen.count(None)
+        parts.append(
+            f"{stat}: {sum(f[row] for f in fixed)} fixed, alone {counts}"
+            + (f", {mixed} still mixing" if mixed else "")
+        )
+    return "; ".join(parts)
 
 
 def convert_official(obj: Any, prefix: str = "", source: str = "") -> Conversion:

@@ -3,6 +3,7 @@ the ImageNet SN checkpoints."""
 
 import logging
 import os
+import warnings
 from typing import Any, Dict, List, Mapping
 from urllib.parse import urlparse
 
@@ -10,17 +11,20 @@ from detectron2.checkpoint import DetectionCheckpointer
 from torch.nn.parallel import DistributedDataParallel
 
 from .errors import CheckpointError, natural_key, sample_keys
-from .fitting import BOOKKEEPING, fit_to_model, sn_layers_from_scratch
+from .fitting import BOOKKEEPING, fit_to_model, sn_layers_from_scratch, sparse_state_mismatch
 from .official_layout import (
     SN_IMAGENET_KEY,
     SNImageNetInfo,
     convert_official,
     describe_foreign,
     official_state_dict,
+    strip_module_prefix,
 )
 from .reading import is_torch_file, read_checkpoint, unreadable
 
 logger = logging.getLogger(__name__)
+# where SN layers warn, per layer, about sparse SN state they absorb or lack
+_LAYER_WARNINGS = r"sn_detection\.layers\.(sparse_)?switch_norm$"
 
 
 def _as_dict(obj: Any, source: str) -> Mapping:
@@ -44,7 +48,9 @@ class SNCheckpointer(DetectionCheckpointer):
 
     ImageNet SN weights load strictly: every parameter and buffer of the model's ResNet receives a
     tensor of its exact shape, or :class:`CheckpointError` names the mismatching keys and the
-    setting to change (MODEL.BACKBONE.NAME, MODEL.RESNETS.DEPTH, MODEL.SN.USING_BN, ...). A file
+    setting to change (MODEL.BACKBONE.NAME, MODEL.RESNETS.DEPTH, MODEL.SN.USING_BN, ...). Sparse
+    SN (SSN) weights loaded into SN layers, or SN weights into SSN layers, load with one warning
+    saying what becomes of the layers' choice (:func:`~.fitting.sparse_state_mismatch`). A file
     that cannot be read, or a classifier checkpoint of another architecture, or a checkpoint none
     of whose tensors fit the model, raises a one-line CheckpointError. A detectron2 checkpoint
     without the model's SN layers (e.g. trained with GN or BN) loads as usual, and one warning
@@ -136,6 +142,18 @@ class SNCheckpointer(DetectionCheckpointer):
         self._missing_keys = list(incompatible.missing_keys)
         return incompatible
 
+    def _load_state(self, checkpoint: Dict[str, Any]):
+        """DetectionCheckpointer's loading of ``checkpoint["model"]``; SN layers that absorb or
+        lack sparse SN state give one warning for the model instead of one each."""
+        keys = strip_module_prefix(checkpoint.get("model") or {})
+        mismatch = sparse_state_mismatch(self.model, keys, self._source)
+        if mismatch is None:
+            return super()._load_model(checkpoint)
+        logger.warning(mismatch)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=_LAYER_WARNINGS)
+            return super()._load_model(checkpoint)
+
     def _load_imagenet_sn(self, checkpoint: Dict[str, Any]):
         metadata = checkpoint[SN_IMAGENET_KEY]
         self._convert_ndarray_to_tensor(checkpoint["model"])
@@ -148,9 +166,10 @@ class SNCheckpointer(DetectionCheckpointer):
                 f"(MODEL.RESNETS.OUT_FEATURES) and are not used: {sample_keys(unused)}"
             )
         checkpoint["model"] = state
-        incompatible = super()._load_model(checkpoint)
+        count = len(set(state) & set(self.model.state_dict()))  # not the SSN buffers absorbed
+        incompatible = self._load_state(checkpoint)
         self.logger.info(
-            f"Loaded all {len(state)} parameters and buffers of '{layout.prefix}*' from "
+            f"Loaded all {count} parameters and buffers of '{layout.prefix}*' from "
             f"{SNImageNetInfo.from_dict(metadata).name}; other parts start from their init."
         )
         return incompatible
@@ -159,7 +178,7 @@ class SNCheckpointer(DetectionCheckpointer):
         """DetectionCheckpointer's loading, plus an error when not one tensor fits the model and
         a warning when SN layers start from scratch."""
         keys = list(checkpoint.get("model", {}))
-        incompatible = super()._load_model(checkpoint)
+        incompatible = self._load_state(checkpoint)
         model_keys = set(self.model.state_dict())
         # not counted as loaded: the pixel statistics (config values) and the SN batch counts,
         # which SwitchNorm2d fills in itself when a checkpoint has none
