@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Convert a released ImageNet SN checkpoint (ResNet-50/101 v1/v2 + SN) for sn_detection.
+"""Convert a released ImageNet SN or Sparse SN checkpoint (ResNet-50/101 v1/v2 + SN, ResNet-50 v1 +
+SSN) for sn_detection.
 
 Usage:
     tools/convert_sn_imagenet_to_d2.py INPUT OUTPUT [--prefix backbone.bottom_up.]
@@ -8,7 +9,9 @@ The input is recognised by its contents (any file name). OUTPUT ending in .pkl i
 detectron2's model-zoo format (a pickle of numpy arrays, like detectron2's
 tools/convert-torchvision-to-d2.py), anything else with torch.save. Either way the keys are the
 model's exact names ("matching_heuristics": False) and the weights are checked, before writing,
-against the backbone they need. Prints the mapping and the config settings the weights need.
+against the backbone they need. Prints the mapping and the config settings the weights need
+(MODEL.RESNETS.NORM SSN for SSN weights, whose report also says how many layers are fixed and
+which statistic each chose).
 OUTPUT's directory is checked before anything is read (OUTPUT must not be INPUT, also through
 a link), and OUTPUT is replaced only once it is written in full: a failed write leaves any
 earlier file there intact. Errors are one line (``--debug`` for the traceback).
@@ -40,7 +43,7 @@ def check_paths(input_path: str, output_path: str) -> None:
 
 def main(argv: List[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("input", help="official ImageNet SN checkpoint (.pth/.pth.tar)")
+    parser.add_argument("input", help="official ImageNet SN or SSN checkpoint (.pth/.pth.tar)")
     parser.add_argument("output", help="converted file: .pkl (detectron2 model zoo) or .pth")
     parser.add_argument(
         "--prefix",

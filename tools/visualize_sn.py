@@ -6,7 +6,8 @@ Usage:
     tools/visualize_sn.py WEIGHTS [WEIGHTS2] [--metrics METRICS_JSON] --output DIR [--dpi 100]
 
 WEIGHTS is a checkpoint of ours or detectron2's (model_final.pth, .pkl) or a released ImageNet SN
-.pth, recognised by its contents and read without running code. Writes to DIR (created if needed):
+or SSN .pth, recognised by its contents and read without running code. Writes to DIR (created if
+needed):
     sn_shares.png   every SN layer in network order, stacked IN/LN/BN bars of the mean (left) and
                     variance (right) shares, parts labelled; with WEIGHTS2, one panel each
     sn_shares.csv   the same numbers, one row per layer (with WEIGHTS2: both and differences);

@@ -220,6 +220,22 @@ def test_sn_weights_into_an_ssn_model_start_unfixed_with_one_warning(sn, caplog,
     )
 
 
+def test_detectron2_checkpoint_of_an_ssn_model_into_an_sn_model_warns_once(
+    ssn, tmp_path, caplog, recwarn
+):
+    source = backbone("SSN")
+    SNCheckpointer(source).load(ssn[2])
+    SNCheckpointer(source, save_dir=str(tmp_path)).save("model_final")
+    ours = backbone("SN")
+    with caplog.at_level(logging.WARNING):
+        SNCheckpointer(ours).load(str(tmp_path / "model_final.pth"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "MODEL.RESNETS.NORM SSN" in warnings[0], warnings
+    assert not [w for w in recwarn if "SSN" in str(w.message)]
+    for stat, shares in source.res5[0].conv1.norm.shares().items():
+        assert ours.res5[0].conv1.norm.shares()[stat] == pytest.approx(shares, abs=1e-6)
+
+
 def test_detector_initialises_from_the_official_ssn_file_named_in_model_weights(ssn):
     model, features, path = ssn
     cfg = load_config(SN_2X, *NARROW, "MODEL.RESNETS.NORM", "SSN", "MODEL.WEIGHTS", path)

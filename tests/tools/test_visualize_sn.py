@@ -19,6 +19,7 @@ from torch import nn
 from sn_detection.analysis import AnalysisError, model_shares, share_scalars
 from sn_detection.analysis.plots import COLORS
 from sn_detection.analysis.report import share_report, write_files
+from sn_detection.analysis.shares import STATS
 from sn_detection.checkpoint import CheckpointError, convert_official, read_checkpoint
 from sn_detection.layers import FrozenSwitchNorm2d, SwitchNorm2d, named_switch_norms
 from sn_detection.layers.switch_norm import BRANCHES
@@ -28,9 +29,11 @@ from sn_detection.testing import (
     OfficialResNet,
     OfficialSN,
     load_config,
+    load_script,
     save_official,
     sparse_sn_model,
 )
+from sn_detection.utils.cli import run_tool
 
 TOOL = REPO / "tools/visualize_sn.py"
 SMOKE = CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml"
@@ -219,6 +222,42 @@ def test_official_imagenet_checkpoint_gives_every_layer_under_our_names(
     assert sum(found, ()) == pytest.approx(sum(expected, ()), abs=1e-6)
     assert all(layer["using_bn"] is using_bn for layer in run["layers"])
     assert figure_size(out / "sn_shares.png", len(layers)) == (True, 300)
+
+
+def test_official_ssn_checkpoint_gives_each_layers_choice_and_fixed_flags(tmp_path, capsys):
+    """tools/visualize_sn.py on a released ResNet-50 v1 + SSN file (official layout)."""
+    torch.manual_seed(4)
+    model = OfficialResNet("v1", stem=2, planes=1, sparse=True, radius=0.5)
+    path = tmp_path / "resnet50v1_ssn.pth"
+    save_official(model, path)
+    tool = load_script("tools/visualize_sn.py").main
+    assert run_tool(tool, [str(path), "--output", str(tmp_path / "out")]) == 0
+    run = json.loads((tmp_path / "out/sn_shares.json").read_text())["runs"][0]
+    assert run["kind"] == "ImageNet SSN checkpoint (official layout)"
+    modules = dict(model.named_modules())
+    official = {
+        dst[: -len(".mean_weight")]: modules[src[: -len(".mean_weight")]]
+        for src, dst, _, _ in convert_official(read_checkpoint(str(path))).mapping
+        if dst.endswith(".mean_weight")
+    }
+    assert [layer["name"] for layer in run["layers"]] == list(official)
+    counts = {}  # of res5: mean IN/LN/BN, var IN/LN/BN, mean fixed, var fixed
+    for layer in run["layers"]:
+        want = official[layer["name"]]
+        for stat, weights, fixed in zip(
+            STATS, want.mix_weights(), (want.mean_fixed, want.var_fixed)
+        ):
+            expected = dict(zip(BRANCHES, weights.tolist()))
+            assert layer[stat] == pytest.approx(expected, abs=1e-6)
+            alone = [b for b in BRANCHES if expected[b] >= 1 - 1e-6]
+            assert layer[f"{stat}_choice"] == (alone[0] if alone else None)
+            assert layer[f"{stat}_fixed"] is bool(fixed)
+            if layer["part"] == "res5":
+                for b in BRANCHES:
+                    counts[(stat, b)] = counts.get((stat, b), 0) + (alone == [b])
+                counts[stat] = counts.get(stat, 0) + bool(fixed)
+    row = [counts[(s, b)] for s in STATS for b in BRANCHES] + [counts[s] for s in STATS]
+    assert f"| res5 | 10 | {' | '.join(map(str, row))} |" in capsys.readouterr().out
 
 
 def layer_logits(state):
