@@ -423,6 +423,10 @@ class OfficialSN(nn.Module):
             self.register_buffer("running_mean", 0.1 * torch.randn(1, c, 1))
             self.register_buffer("running_var", 0.5 + torch.rand(1, c, 1))
 
+    def softmax_logits(self, dtype: torch.dtype) -> List[Tensor]:
+        """The (mean, var) logits whose softmax is the mix weights: the layer's own."""
+        return [self.mean_weight, self.var_weight]
+
     def forward(self, x: Tensor) -> Tensor:
         stats = {}
         if self.using_bn:
@@ -431,9 +435,8 @@ class OfficialSN(nn.Module):
                 "running_var": self.running_var.view(-1),
             }
         w, b = self.weight.view(-1), self.bias.view(-1)
-        return switch_norm_reference(
-            x, w, b, self.mean_weight, self.var_weight, training=self.training, **stats
-        )
+        p, q = self.softmax_logits(x.dtype)
+        return switch_norm_reference(x, w, b, p, q, training=self.training, **stats)
 
 
 class OfficialSSN(OfficialSN):
@@ -470,17 +473,9 @@ class OfficialSSN(OfficialSN):
                 )
         return out
 
-    def forward(self, x: Tensor) -> Tensor:
-        stats = {}
-        if self.using_bn:
-            stats = {
-                "running_mean": self.running_mean.view(-1),
-                "running_var": self.running_var.view(-1),
-            }
-        # logits whose softmax is the mix weights (a weight of 0: a logit of -inf)
-        p, q = (torch.log(w).to(x.dtype) for w in self.mix_weights())
-        w, b = self.weight.view(-1), self.bias.view(-1)
-        return switch_norm_reference(x, w, b, p, q, training=self.training, **stats)
+    def softmax_logits(self, dtype: torch.dtype) -> List[Tensor]:
+        """log of :meth:`mix_weights` (a weight of 0: a logit of -inf, a share of exactly 0)."""
+        return [torch.log(w).to(dtype) for w in self.mix_weights()]
 
 
 def _official_norm(sparse: bool, radius: float) -> Callable[[int, bool], nn.Module]:
