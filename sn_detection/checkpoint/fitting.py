@@ -214,18 +214,15 @@ def fit_to_model(
             + "\n  - ".join(problems)
             + (f"\n  {diff}" if diff else "")
         )
-    absorbed = {k for k in _sparse_buffer_keys(state) if _layer_key(k, LOGIT_NAMES[0]) in want}
+    # SSN buffers of layers that do not keep them (SN, frozen SN): they absorb them on loading
+    absorbed = {
+        k
+        for k in set(state) - set(want)
+        if k.rpartition(".")[2] in SSN_BUFFER_NAMES
+        and f"{k.rpartition('.')[0]}.{LOGIT_NAMES[0]}" in want
+    }
     unused = sorted(set(state) - set(want) - absorbed)
     return {k: v for k, v in state.items() if k in want or k in absorbed}, layout, unused
-
-
-def _sparse_buffer_keys(keys: Iterable[str]) -> List[str]:
-    return [k for k in keys if k.rpartition(".")[2] in SSN_BUFFER_NAMES]
-
-
-def _layer_key(key: str, name: str) -> str:
-    """The key of tensor ``name`` of the layer that holds ``key``."""
-    return f"{key.rpartition('.')[0]}.{name}"
 
 
 def sparse_state_mismatch(

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..layers.sparsestmax import saved_weights
+from ..layers.sparsestmax import is_one_hot, saved_weights
 from ..layers.switch_norm import (
     AFFINE_NAMES,
     BRANCHES,
@@ -45,7 +45,6 @@ BACKBONE_NAMES = {
 _LOGIT_SUFFIXES = tuple(f".{name}" for name in LOGIT_NAMES)
 _SSN_SUFFIXES = tuple(f".{name}" for name in SSN_BUFFER_NAMES)
 RADIUS, MEAN_FIXED, VAR_FIXED = SSN_BUFFER_NAMES
-ONE_HOT = 1.0 - 1e-6  # a mix weight at least this large is the layer's choice
 DEFAULT_WIDTHS = (64, 256, 64)
 _CONV_KEY = re.compile(r"(^|\.)(conv\d|downsample|downsample\.0)\.weight$")
 WIDTH_KEYS = (
@@ -366,8 +365,8 @@ class Conversion:
         config settings the weights need."""
         extras = ", ".join(f"{k} {v}" for k, v in self.extras.items())
         lines = [
-            f"ImageNet SN checkpoint {self.source}: {self.info.name}, blocks per stage "
-            f"{'-'.join(map(str, self.info.blocks))}" + (f" ({extras})" if extras else ""),
+            f"ImageNet {self.info.norm} checkpoint {self.source}: {self.info.name}, blocks per "
+            f"stage {'-'.join(map(str, self.info.blocks))}" + (f" ({extras})" if extras else ""),
             f"{len(self.mapping)} tensors mapped to '{self.prefix}*'; norm weight/bias "
             "(1,C,1,1) and running statistics (1,C,1) flattened to (C,)"
             + ("; SSN radius and fixed flags kept as (1,)" if self.info.sparse else ""),
@@ -389,8 +388,8 @@ class Conversion:
 
 def ssn_summary_line(state: Mapping[str, Tensor]) -> str:
     """One line on the sparse SN layers of a converted state dict: their radius, and for the
-    means and the variances how many layers are fixed and which statistic each uses alone (its
-    mix weights, ``sparsestmax.saved_weights``, one-hot), or how many mix several."""
+    means and the variances how many layers are fixed and how many chose each statistic (their
+    mix weights, ``sparsestmax.saved_weights``, are one-hot on it), or still mix several."""
     layers = [k[: -len(_LOGIT_SUFFIXES[0])] for k in state if k.endswith(_LOGIT_SUFFIXES[0])]
     radii, fixed, choices = [], [], []
     for layer in layers:
@@ -400,8 +399,8 @@ def ssn_summary_line(state: Mapping[str, Tensor]) -> str:
         weights = saved_weights(logits, radius, flags)
         radii.append(float(radius.reshape(())))
         fixed.append([bool(f) for f in flags.tolist()])
-        top, index = weights.max(-1)
-        choices.append([BRANCHES[int(i)] if t >= ONE_HOT else None for t, i in zip(top, index)])
+        chosen = zip(is_one_hot(weights).tolist(), weights.argmax(-1).tolist())
+        choices.append([BRANCHES[i] if one_hot else None for one_hot, i in chosen])
     low, high = min(radii), max(radii)
     parts = [f"{len(layers)} SSN layers, radius {low:g}" + (f" to {high:g}" if high > low else "")]
     for row, stat in enumerate(("mean", "var")):
@@ -409,7 +408,7 @@ def ssn_summary_line(state: Mapping[str, Tensor]) -> str:
         counts = ", ".join(f"{b} {chosen.count(b)}" for b in BRANCHES)
         mixed = chosen.count(None)
         parts.append(
-            f"{stat}: {sum(f[row] for f in fixed)} fixed, alone {counts}"
+            f"{stat}: {sum(f[row] for f in fixed)} fixed, chose {counts}"
             + (f", {mixed} still mixing" if mixed else "")
         )
     return "; ".join(parts)

@@ -147,8 +147,8 @@ def test_report_says_how_many_layers_are_fixed_and_what_each_chose(ssn):
     for row, (stat, flag) in enumerate((("mean", "mean_fixed"), ("var", "var_fixed"))):
         chosen = [choice(m.mix_weights()[row]) for m in layers]
         fixed = sum(int(getattr(m, flag)) for m in layers)
-        alone = ", ".join(f"{b} {chosen.count(b)}" for b in BRANCHES)
-        assert f"{stat}: {fixed} fixed, alone {alone}, {chosen.count(None)} still mixing" in report
+        counts = ", ".join(f"{b} {chosen.count(b)}" for b in BRANCHES)
+        assert f"{stat}: {fixed} fixed, chose {counts}, {chosen.count(None)} still mixing" in report
 
 
 # ------------------------------------------------------------------------------------------
