@@ -76,6 +76,7 @@ class Study:
     train_command: List[str]  # the training program, e.g. [python, tools/train_net.py]
     datasets: Dict[str, Tuple[str, str]] = field(default_factory=dict)  # --coco-* files
     retrain: bool = False
+    jobs: int = 1  # runs side by side (CPU studies)
 
     def run_dir(self, norm: str, seed: int) -> str:
         return os.path.join(self.output, "runs", norm, f"seed{seed}")
@@ -238,6 +239,7 @@ def prepare_study(
     dataset_train: Optional[str] = None,
     dataset_test: Optional[str] = None,
     retrain: bool = False,
+    jobs: int = 1,
 ) -> Study:
     """The study checked before anything trains: config and overrides, seeds, norms, dataset
     names and the user's COCO files (registered here), the output folder. ``TEST.EVAL_PERIOD``
@@ -251,8 +253,8 @@ def prepare_study(
     overrides = list(opts)
     if len(overrides) % 2:
         raise StudyError(f"config overrides must be KEY VALUE pairs, got {' '.join(overrides)}")
-    if num_gpus < 1 or (ims_per_gpu is not None and ims_per_gpu < 1):
-        raise StudyError("--num-gpus and --ims-per-gpu must be at least 1")
+    if num_gpus < 1 or (ims_per_gpu is not None and ims_per_gpu < 1) or jobs < 1:
+        raise StudyError("--num-gpus, --ims-per-gpu and --jobs must be at least 1")
     negative = [s for s in seeds if s < 0]
     if negative:
         raise StudyError(
@@ -298,6 +300,11 @@ def prepare_study(
     except InputError as e:
         raise StudyError(str(e)) from None
     _check_registered(cfg)
+    if jobs > 1 and not _on_cpu(cfg):
+        raise StudyError(
+            f"--jobs {jobs} runs trainings side by side on the CPU; on GPUs a run takes "
+            "--num-gpus of them: give --jobs 1, or MODEL.DEVICE cpu"
+        )
     norms = list(norms or default_norms(cfg, num_gpus))
     _check_norms(norms, cfg)
     return Study(
@@ -310,6 +317,7 @@ def prepare_study(
         train_command=list(train_command),
         datasets=datasets,
         retrain=retrain,
+        jobs=jobs,
     )
 
 
@@ -424,13 +432,11 @@ def _death_signal_setter() -> Optional[Callable[[], None]]:
     return set_death_signal
 
 
-def run_child(
+def start_child(
     command: Sequence[str], log_file: str, lock_fd: int, env: Dict[str, str]
-) -> Tuple[int, Any]:
-    """Run ``command`` (its output into ``log_file``) in a session of its own that inherits the
-    run's lock; returns (exit status, resource usage). If the study is stopped (an exception,
-    SIGTERM, Ctrl-C) the child's whole process group is killed before this returns; if the
-    study is killed, the child dies with it."""
+) -> subprocess.Popen:
+    """Start ``command`` (its output into ``log_file``) in a session of its own that inherits the
+    run's lock and dies with the study (``PR_SET_PDEATHSIG``)."""
     with open(log_file, "w") as log:
         proc = subprocess.Popen(
             list(command),
@@ -442,13 +448,7 @@ def run_child(
             preexec_fn=_death_signal_setter(),
         )
     _note_holder(lock_fd, f"study pid {os.getpid()}, training pid {proc.pid}")
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        return proc.returncode, usage
-    finally:
-        if proc.returncode is None:
-            _kill_group(proc)
+    return proc
 
 
 def _kill_group(proc: Any, grace_s: float = 5.0) -> None:
@@ -492,12 +492,24 @@ def _clear(run_dir: str) -> None:
                 os.remove(path)
 
 
-def train_one(
-    study: Study, norm: str, seed: int, lock_fd: int, env: Dict[str, str]
-) -> Dict[str, Any]:
-    """Train and evaluate (norm, seed) in a process of its own; returns its record, also written
-    to its folder's run.json: "finished" with its results, or "failed" with the reason and the
-    last lines of its log."""
+@dataclass
+class _Running:
+    """A training process of the study and what its record needs when it ends."""
+
+    study: Study
+    norm: str
+    seed: int
+    proc: subprocess.Popen
+    record: Dict[str, Any]
+    start: float
+
+    @property
+    def log_file(self) -> str:
+        return os.path.join(self.study.run_dir(self.norm, self.seed), LOG_FILE)
+
+
+def start_run(study: Study, norm: str, seed: int, lock_fd: int, env: Dict[str, str]) -> _Running:
+    """Start the training process of (norm, seed) in its emptied folder."""
     run_dir = study.run_dir(norm, seed)
     _clear(run_dir)
     command = [*study.train_command, "--num-gpus", str(study.num_gpus)]
@@ -505,7 +517,6 @@ def train_one(
         command += ["--dist-url", "auto"]  # a free port: studies on one machine do not collide
     command += ["--config-file", study.config_file, *study.run_overrides(norm, seed)]
     command += ["OUTPUT_DIR", run_dir]
-    log_file = os.path.join(run_dir, LOG_FILE)
     record: Dict[str, Any] = {
         "norm": norm,
         "seed": seed,
@@ -514,8 +525,16 @@ def train_one(
         "settings": study.settings(norm, seed),
     }
     start = time.time()
-    status, usage = run_child(command, log_file, lock_fd, env)
-    record["wall_s"] = time.time() - start
+    proc = start_child(command, os.path.join(run_dir, LOG_FILE), lock_fd, env)
+    return _Running(study, norm, seed, proc, record, start)
+
+
+def finish_run(run: _Running, status: int, usage: Any) -> Dict[str, Any]:
+    """The record of an ended run, also written to its folder's run.json: "finished" with its
+    results, or "failed" with the reason and the last lines of its log."""
+    record = run.record
+    record["wall_s"] = time.time() - run.start
+    run_dir = run.study.run_dir(run.norm, run.seed)
     try:
         if status != 0:
             raise AnalysisError(f"exit status {status}")
@@ -524,13 +543,13 @@ def train_one(
         record.update(run_summary(read_metrics_json(metrics), max_iter, metrics))
         if not record["final"]:
             raise AnalysisError(f"no evaluation in {metrics}")
-        if norm in SN_NORMS:
+        if run.norm in SN_NORMS:
             final = os.path.join(run_dir, "model_final.pth")
             record["sn_shares"] = dict(load_shares(final).summary())
     except (InputError, OSError) as e:
-        record.update(status=FAILED, error=str(e), log_tail=_log_tail(log_file))
+        record.update(status=FAILED, error=str(e), log_tail=_log_tail(run.log_file))
     else:
-        gpu = _gpu_peak_mib(log_file)
+        gpu = _gpu_peak_mib(run.log_file)
         # ru_maxrss (KiB on Linux): the largest of the run's processes, workers included
         record["peak_memory_mib"] = gpu if gpu is not None else usage.ru_maxrss / 1024
         record["peak_memory_kind"] = "CUDA max allocated" if gpu is not None else "max RSS"
@@ -538,6 +557,24 @@ def train_one(
     with atomic_write(os.path.join(run_dir, RUN_RECORD), "w") as f:
         json.dump(record, f, indent=1)
     return record
+
+
+def _wait_any(running: Dict[int, _Running]) -> Tuple[_Running, int, Any]:
+    """The first of ``running`` (by pid) to end, removed from it, its exit status and usage."""
+    while True:
+        pid, status, usage = os.wait4(-1, 0)
+        run = running.pop(pid, None)
+        if run is not None:
+            run.proc.returncode = os.waitstatus_to_exitcode(status)
+            return run, run.proc.returncode, usage
+
+
+def job_env(env: Dict[str, str], jobs: int) -> Dict[str, str]:
+    """``env`` for one of ``jobs`` runs side by side: the cores shared out among them
+    (``OMP_NUM_THREADS``, unless the user set it)."""
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        return {**env, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    return env
 
 
 # -- the study ---------------------------------------------------------------------------------
@@ -571,10 +608,10 @@ def write_results(study: Study, records: Sequence[Dict[str, Any]], command: str)
 
 
 def run_study(study: Study, command: str, log: Callable[[str], None] = print) -> int:
-    """Train the runs not finished yet (seeds outer: a study stopped part-way has every norm for
-    the first seeds), then write the results. Returns 0, or 1 if a run failed (the others still
-    run, the table marks what is missing). Old results are removed before anything trains, so
-    none is left as if current."""
+    """Train the runs not finished yet, ``study.jobs`` at a time (seeds outer: a study stopped
+    part-way has every norm for the first seeds), then write the results. Returns 0, or 1 if a
+    run failed (the others still run, the table marks what is missing). Old results are removed
+    before anything trains, so none is left as if current."""
     env = dict(os.environ)
     if study.datasets:
         env[DATASETS_ENV] = env_value(study.datasets)
@@ -585,20 +622,11 @@ def run_study(study: Study, command: str, log: Callable[[str], None] = print) ->
             for name in RESULT_FILES:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(study.output, name))
-            records = []
-            total = len(reuse)
-            for seed in study.seeds:
-                for norm in study.norms:
-                    record = reuse[(norm, seed)]
-                    state = "finished before, skipped" if record else "training ..."
-                    log(f"[norm_study] {len(records) + 1}/{total} {norm} seed {seed}: {state}")
-                    if record is None:
-                        record = train_one(study, norm, seed, locks[(norm, seed)], env)
-                    records.append(record)
-                    log(f"[norm_study]   {_summary(record)}")
+            done = _train_runs(study, reuse, locks, job_env(env, study.jobs), log)
+            records = [done[(norm, seed)] for seed in study.seeds for norm in study.norms]
             write_results(study, records, command)
     except (KeyboardInterrupt, _Stopped):
-        log("[norm_study] stopped; its training process was stopped too")
+        log("[norm_study] stopped; its training processes were stopped too")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -611,6 +639,40 @@ def run_study(study: Study, command: str, log: Callable[[str], None] = print) ->
         )
         return 1
     return 0
+
+
+def _train_runs(
+    study: Study,
+    reuse: Dict[Tuple[str, int], Optional[Dict[str, Any]]],
+    locks: Dict[Tuple[str, int], int],
+    env: Dict[str, str],
+    log: Callable[[str], None],
+) -> Dict[Tuple[str, int], Dict[str, Any]]:
+    """Train the runs that ``reuse`` has no record for, ``study.jobs`` at a time, seeds outer;
+    returns every run's record. Stopped (an exception, SIGTERM, Ctrl-C): the running trainings'
+    process groups are killed before this returns."""
+    order = [(norm, seed) for seed in study.seeds for norm in study.norms]
+    done = {key: record for key, record in reuse.items() if record is not None}
+    for k, (norm, seed) in enumerate(order, start=1):
+        if (norm, seed) in done:
+            log(f"[norm_study] {k}/{len(order)} {norm} seed {seed}: finished before, skipped")
+    pending = [key for key in order if key not in done]
+    running: Dict[int, _Running] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < study.jobs:
+                norm, seed = pending.pop(0)
+                k = order.index((norm, seed)) + 1
+                log(f"[norm_study] {k}/{len(order)} {norm} seed {seed}: training ...")
+                run = start_run(study, norm, seed, locks[(norm, seed)], env)
+                running[run.proc.pid] = run
+            run, status, usage = _wait_any(running)
+            record = done[(run.norm, run.seed)] = finish_run(run, status, usage)
+            log(f"[norm_study]   {run.norm} seed {run.seed}: {_summary(record)}")
+    finally:
+        for run in running.values():
+            _kill_group(run.proc)
+    return done
 
 
 def _summary(record: Dict[str, Any]) -> str:

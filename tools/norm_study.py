@@ -49,6 +49,14 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     )
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per run")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs side by side on the CPU, the cores shared out among them (OMP_NUM_THREADS "
+        "cores/N unless set); results do not depend on it",
+    )
     parser.add_argument("--ims-per-gpu", type=int, metavar="N", help="images per process")
     parser.add_argument(
         "--eval-period",

@@ -17,6 +17,7 @@ from sn_detection.study import (
     Study,
     StudyError,
     default_norms,
+    job_env,
     load_config,
     locked_runs,
     norm_overrides,
@@ -30,7 +31,8 @@ from sn_detection.utils.cli import InputError
 SMOKE = str(CONFIGS / "quick_schedules/mask_rcnn_sn_smoke.yaml")
 # A stand-in for tools/train_net.py: reads the KEY VALUE overrides, writes detectron2's
 # metrics.json (two records, an evaluation at the end); fails where FAKE_FAIL names "<norm>:<seed>";
-# with FAKE_PID_FILE, writes its pid there and sleeps; for SSN, model_final.pth of sparse_sn_model.
+# with FAKE_PID_FILE, adds its pid there and sleeps; with FAKE_MEET_DIR, waits for a second run to
+# start and writes what it saw; for SSN, model_final.pth of sparse_sn_model.
 FAKE_TRAIN_NET = textwrap.dedent(
     """
     import json, os, sys, time
@@ -38,9 +40,17 @@ FAKE_TRAIN_NET = textwrap.dedent(
     opts = dict(zip(args[::2], args[1::2]))
     norm, seed = opts["MODEL.RESNETS.NORM"], int(opts["SEED"])
     if os.environ.get("FAKE_PID_FILE"):
-        with open(os.environ["FAKE_PID_FILE"], "w") as f:
-            f.write(str(os.getpid()))
+        with open(os.environ["FAKE_PID_FILE"], "a") as f:
+            f.write(f"{os.getpid()}\\n")
         time.sleep(120)
+    if os.environ.get("FAKE_MEET_DIR"):  # wait (up to 60 s) until another run has started too
+        meet = os.environ["FAKE_MEET_DIR"]
+        open(os.path.join(meet, f"{norm}{seed}"), "w").close()
+        deadline = time.time() + 60
+        while len(os.listdir(meet)) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        with open(os.path.join(opts["OUTPUT_DIR"], "met.txt"), "w") as f:
+            f.write(f"{len(os.listdir(meet))} {os.environ.get('OMP_NUM_THREADS')}")
     print("training", norm, seed)
     if os.environ.get("FAKE_FAIL") == f"{norm}:{seed}":
         print("RuntimeError: the batch is empty")
@@ -246,6 +256,36 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, fake_train_net,
     assert "- GN seed 0: exit status 3; log: `runs/GN/seed0/train.log`" in table
 
 
+def test_jobs_trains_runs_side_by_side_sharing_out_the_cores(tmp_path, fake_train_net, monkeypatch):
+    (tmp_path / "meet").mkdir()
+    monkeypatch.setenv("FAKE_MEET_DIR", str(tmp_path / "meet"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    lines = []
+    assert run_study(prepare(tmp_path, fake_train_net, seeds=[0], jobs=2), "t", lines.append) == 0
+    for norm in ("BN", "GN"):  # each saw the other one running, and the user's thread count
+        assert (tmp_path / f"out/runs/{norm}/seed0/met.txt").read_text() == "2 3"
+    assert lines[:2] == [
+        "[norm_study] 1/2 BN seed 0: training ...",
+        "[norm_study] 2/2 GN seed 0: training ...",
+    ]
+    assert "| BN | 1 |" in (tmp_path / "out/results.md").read_text()
+
+
+def test_each_job_gets_its_share_of_the_cores_unless_the_user_set_it():
+    cores = os.cpu_count()
+    assert job_env({"A": "1"}, 2) == {"A": "1", "OMP_NUM_THREADS": str(max(1, cores // 2))}
+    assert job_env({"OMP_NUM_THREADS": "4"}, 2) == {"OMP_NUM_THREADS": "4"}
+    assert job_env({}, 1) == {}
+
+
+def test_jobs_below_one_or_on_gpus_are_refused(tmp_path, fake_train_net, monkeypatch):
+    with pytest.raises(StudyError, match="--jobs must be at least 1"):
+        prepare(tmp_path, fake_train_net, jobs=0)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    with pytest.raises(StudyError, match="--jobs 2 runs trainings side by side on the CPU"):
+        prepare(tmp_path, fake_train_net, "MODEL.DEVICE", "cuda", jobs=2)
+
+
 def test_a_rerun_trains_the_failed_runs_again(tmp_path, fake_train_net, monkeypatch):
     monkeypatch.setenv("FAKE_FAIL", "GN:0")
     assert run_study(prepare(tmp_path, fake_train_net, seeds=[0]), "test", log=_quiet) == 1
@@ -259,24 +299,30 @@ def test_a_rerun_trains_the_failed_runs_again(tmp_path, fake_train_net, monkeypa
 STUDY_PROCESS = """
 import sys
 from sn_detection.study import Study, run_study
-study = Study(config_file={config!r}, overrides=[], norms=["GN"], seeds=[0], output={output!r},
-              num_gpus=1, train_command={command!r})
+study = Study(config_file={config!r}, overrides=[], norms=["GN"], seeds={seeds!r},
+              output={output!r}, num_gpus=1, train_command={command!r}, jobs={jobs})
 sys.exit(run_study(study, "test"))
 """
 
 
-def _start_study(tmp_path, fake_train_net):
-    """A study in a process of its own whose training sleeps; returns (study process, the
-    training's pid) once the training runs."""
+def _start_study(tmp_path, fake_train_net, jobs=1):
+    """A study in a process of its own whose ``jobs`` trainings sleep; returns (study process,
+    the trainings' pids) once they run."""
     pid_file = tmp_path / "training.pid"
-    code = STUDY_PROCESS.format(config=SMOKE, output=str(tmp_path / "out"), command=fake_train_net)
+    code = STUDY_PROCESS.format(
+        config=SMOKE,
+        seeds=list(range(jobs)),
+        output=str(tmp_path / "out"),
+        command=fake_train_net,
+        jobs=jobs,
+    )
     env = dict(os.environ, FAKE_PID_FILE=str(pid_file))
     study = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (pid_file.exists() and pid_file.read_text()):
+    while not (pid_file.exists() and len(pid_file.read_text().split()) == jobs):
         assert study.poll() is None and time.time() < deadline, "the study did not start training"
         time.sleep(0.1)
-    return study, int(pid_file.read_text())
+    return study, [int(pid) for pid in pid_file.read_text().split()]
 
 
 def _gone(pid, timeout=15.0):
@@ -300,26 +346,27 @@ def _stop(pid):
         os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_stopped_study_stops_its_training_and_leaves_no_old_results(
-    tmp_path, fake_train_net, sig
+@pytest.mark.parametrize("sig,jobs", [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 2)])
+def test_a_stopped_study_stops_its_trainings_and_leaves_no_old_results(
+    tmp_path, fake_train_net, sig, jobs
 ):
     (tmp_path / "out").mkdir()
     (tmp_path / "out/results.md").write_text("an older study's table")
-    study, training = _start_study(tmp_path, fake_train_net)
+    study, trainings = _start_study(tmp_path, fake_train_net, jobs)
     try:
         study.send_signal(sig)
         assert study.wait(timeout=30) == 130
-        assert _gone(training)
+        assert all(_gone(training) for training in trainings)
     finally:
-        _stop(training)
+        for training in trainings:
+            _stop(training)
     assert not (tmp_path / "out/results.md").exists()
 
 
 def test_a_killed_studys_training_dies_and_holds_the_run_folder_until_then(
     tmp_path, fake_train_net
 ):
-    study, training = _start_study(tmp_path, fake_train_net)
+    study, (training,) = _start_study(tmp_path, fake_train_net)
     rerun = Study(SMOKE, [], ["GN"], [0], str(tmp_path / "out"), 1, fake_train_net)
     try:
         with pytest.raises(

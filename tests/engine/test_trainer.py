@@ -8,8 +8,8 @@ import inspect
 import pytest
 import torch
 from detectron2.engine import DefaultTrainer, hooks
-from detectron2.layers import Conv2d
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
+from detectron2.layers import Conv2d
 
 from sn_detection.engine import (
     NonFiniteBatchWarner,
@@ -108,7 +108,8 @@ def test_eval_only_with_harden_evaluates_the_deployed_model(trainer, tmp_path, m
     cfg.defrost()
     cfg.MODEL.WEIGHTS = str(weights)
     tested = []
-    monkeypatch.setattr(SNTrainer, "test", classmethod(lambda cls, cfg, model: tested.append(model)))
+    record = classmethod(lambda cls, cfg, model: tested.append(model))
+    monkeypatch.setattr(SNTrainer, "test", record)
     SNTrainer.evaluate(cfg, harden=True)
     (model,) = tested
     assert not list(named_switch_norms(model))
