@@ -176,6 +176,8 @@ def test_ssn_layers_hold_the_official_weights_one_hot_where_fixed(ssn):
         for stat, weights in zip(("mean", "var"), want.mix_weights()):
             got = layer.shares()[stat]
             assert [got[b] for b in BRANCHES] == pytest.approx(weights.tolist(), abs=1e-6)
+        for stat, fixed in (("mean", want.mean_fixed), ("var", want.var_fixed)):
+            assert not int(fixed) or max(layer.shares()[stat].values()) == 1.0, name
         if isinstance(layer, SparseSwitchNorm2d):
             sparse += 1
             assert int(layer.mean_fixed) == int(want.mean_fixed), name
@@ -187,8 +189,11 @@ def test_ssn_layers_hold_the_official_weights_one_hot_where_fixed(ssn):
 def test_ssn_weights_into_an_sn_model_keep_the_choices_with_one_warning(ssn, caplog, recwarn):
     model, features, path = ssn
     ours = backbone("SN")
+    checkpointer = RecordingCheckpointer(ours)
     with caplog.at_level(logging.WARNING):
-        RecordingCheckpointer(ours).load(path)
+        checkpointer.load(path)
+    assert checkpointer.unloaded_keys() == []
+    assert checkpointer.incompatible.unexpected_keys == []  # the SSN buffers were absorbed
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "MODEL.RESNETS.NORM SSN" in warnings[0], warnings
     assert "42 of them as SN" in warnings[0] and "softmax logits" in warnings[0]
