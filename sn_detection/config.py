@@ -128,6 +128,9 @@ def weight_decay_logits(cfg: CN) -> float:
     )
 
 
+SSN_KEYS = ("SSN_LOGITS_LR_FACTOR", "SSN_LOGITS_CLIP_NORM")  # MODEL.SN keys of sparse SN only
+
+
 def ssn_logits_options(cfg: CN) -> dict:
     """``MODEL.SN.SSN_LOGITS_LR_FACTOR`` and ``SSN_LOGITS_CLIP_NORM`` as the keyword arguments
     ``ssn_logits_lr_factor``/``ssn_logits_clip_norm`` of ``solver.get_sn_optimizer_params``."""

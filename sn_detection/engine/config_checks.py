@@ -5,14 +5,17 @@ unknown one) and the fix, instead of a traceback from yacs, OmegaConf or the fir
 import difflib
 import os
 import re
+import warnings
 from typing import Any, Iterable, List, Sequence
 
 import torch
 import yaml
 from detectron2.config import CfgNode, LazyConfig, get_cfg
 
-from ..config import add_sn_config
+from ..config import SSN_KEYS, add_sn_config, ssn_logits_options
+from ..layers.norm import SPARSE_NORMS
 from ..modeling import check_lazy_norms, check_sn_builders
+from ..modeling.checks import norms_in_use
 from ..utils.cli import InputError
 from .amp import LAZY_AMP_KEYS, PRECISIONS, YAML_AMP_KEYS, autocast_dtype
 from .defaults import resolve_device
@@ -75,6 +78,7 @@ def yaml_training_config(config_file: str, opts: Sequence[str]) -> CfgNode:
     except (KeyError, ValueError, AssertionError) as e:
         raise _yaml_error(e, cfg, "command line") from e
     check_sn_builders(cfg)
+    _check_ssn_keys(cfg)
     cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
     _check_training(
         cfg.SOLVER.AMP.ENABLED,
@@ -88,6 +92,24 @@ def yaml_training_config(config_file: str, opts: Sequence[str]) -> CfgNode:
         ("TEST.PRECISE_BN.ENABLED", "TEST.PRECISE_BN.NUM_ITER"),
     )
     return cfg
+
+
+def _check_ssn_keys(cfg: CfgNode) -> None:
+    """The sparse SN keys' values (an :class:`InputError` naming the key), and a warning when one
+    is set to other than its default in a model without sparse SN layers, where it does nothing."""
+    ssn_logits_options(cfg)
+    if any(norm in SPARSE_NORMS for norm in norms_in_use(cfg).values()):
+        return
+    defaults = get_cfg()
+    add_sn_config(defaults)
+    for key in SSN_KEYS:
+        if cfg.MODEL.SN[key] != defaults.MODEL.SN[key]:
+            warnings.warn(
+                f"MODEL.SN.{key} is {cfg.MODEL.SN[key]} but no part of the model is "
+                f"{' or '.join(SPARSE_NORMS)}: it has no effect (set a norm key to SSN, or "
+                "drop it)",
+                stacklevel=2,
+            )
 
 
 def _check_training(amp: Any, precision: Any, device: Any, keys: Sequence[str]) -> None:

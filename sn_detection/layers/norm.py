@@ -52,6 +52,7 @@ register_norm("SN", SwitchNorm2d)
 register_norm("SyncSN", SyncSwitchNorm2d)
 register_norm("SSN", SparseSwitchNorm2d)  # sparse SN: each layer ends on one of IN, LN, BN
 register_norm("SyncSSN", SyncSparseSwitchNorm2d)
+SPARSE_NORMS = ("SSN", "SyncSSN")  # the names whose layers take MODEL.SN.SSN_* settings
 
 
 def valid_norm_names() -> List[str]:

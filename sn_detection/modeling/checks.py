@@ -70,6 +70,16 @@ def _get(cfg: CfgNode, key: str) -> Any:
     return node
 
 
+def norms_in_use(cfg: CfgNode) -> Dict[str, Any]:
+    """{norm key: its value} for every ``MODEL.<node>.NORM`` read by a builder ``build_model(cfg)``
+    calls (known builders only), in the order they are read."""
+    norms: Dict[str, Any] = {}
+    for builder_key in _builders_in_use(cfg):
+        for node in _NORM_NODES.get(_get(cfg, builder_key), ()):
+            norms[f"MODEL.{node}.NORM"] = cfg.MODEL[node].NORM if node in cfg.MODEL else None
+    return norms
+
+
 def check_sn_builders(cfg: CfgNode) -> None:
     """Raise one InputError listing every norm key of ``cfg`` that its model cannot build:
 

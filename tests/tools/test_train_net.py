@@ -7,11 +7,13 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from collections import defaultdict
 
 import pytest
 import torch
 
+from sn_detection.engine import yaml_training_config
 from sn_detection.testing import CONFIGS, REPO, copypaste_metrics, load_script
 from sn_detection.utils.cli import run_tool
 
@@ -248,6 +250,24 @@ def test_an_unknown_amp_precision_is_refused_with_the_known_ones(capsys):
     status, err = _fails(capsys, "--config-file", str(SMOKE), "SOLVER.AMP.PRECISION", "float8")
     assert status == 2
     assert err.startswith("error: SOLVER.AMP.PRECISION must be one of 'float16', 'bfloat16'")
+
+
+def test_a_bad_ssn_key_is_one_line_before_training(capsys):
+    status, err = _fails(
+        capsys, "--config-file", str(SMOKE), "MODEL.RESNETS.NORM", "SSN",
+        "MODEL.SN.SSN_LOGITS_LR_FACTOR", "-0.1",
+    )  # fmt: skip
+    assert status == 2
+    assert err == "error: MODEL.SN.SSN_LOGITS_LR_FACTOR must be > 0 (e.g. 0.1), got -0.1\n"
+
+
+def test_an_ssn_key_in_a_model_without_ssn_layers_is_a_warning():
+    with pytest.warns(UserWarning, match=r"MODEL.SN.SSN_LOGITS_CLIP_NORM is 2.0 but no part .*"):
+        yaml_training_config(str(SMOKE), ["MODEL.SN.SSN_LOGITS_CLIP_NORM", "2.0"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same key with an SSN part: no warning
+        opts = ["MODEL.SN.SSN_LOGITS_CLIP_NORM", "2.0", "MODEL.FPN.NORM", "SyncSSN"]
+        yaml_training_config(str(SMOKE), opts)
 
 
 def test_errors_are_found_before_several_processes_start(capsys):
