@@ -17,13 +17,18 @@ from ..utils.cli import EXIT_BAD_INPUT, InputError, debugging, one_line
 __all__ = ["ddp_arguments", "launch", "resolve_device"]
 
 logger = logging.getLogger("sn_detection")
+_WARNED = set()  # the device warnings given in this process
 
 
 def resolve_device(device: str, key: str = "MODEL.DEVICE") -> str:
     """``device``, or "cpu" with a warning naming ``key`` when it is "cuda" and no CUDA device is
-    available (so configs written for GPUs also run on a CPU-only machine)."""
+    available (so configs written for GPUs also run on a CPU-only machine); the warning once per
+    process (the tools check the config, then each process sets it up)."""
     if device == "cuda" and not torch.cuda.is_available():
-        logger.warning(f"No CUDA device: running on the CPU ({key} cpu).")
+        message = f"No CUDA device: running on the CPU ({key} cpu)."
+        if message not in _WARNED:
+            _WARNED.add(message)
+            logger.warning(message)
         return "cpu"
     return device
 
