@@ -86,10 +86,10 @@ class _SparseMixin:
     ):
         absent = [name for name in SSN_BUFFER_NAMES if prefix + name not in state_dict]
         if absent and any(prefix + name in state_dict for name in LOGIT_NAMES):
-            warnings.warn(
-                f"{prefix or 'the model'}: the checkpoint has SN logits but no {', '.join(absent)} "
-                "(an SN checkpoint?): this SSN layer starts from those logits, not fixed, at "
-                "the radius it has"
+            warnings.warn(  # without the layer's name: Python shows it once, not per layer
+                f"an SSN layer's state has SN logits but no {', '.join(absent)} (an SN "
+                "checkpoint?): such layers start from those logits, not fixed, at the radius "
+                "they have"
             )
             for name in absent:
                 state_dict[prefix + name] = getattr(self, name).clone()

@@ -3,6 +3,7 @@ checkpoints, the frozen and scripted forms, and SyncSSN across processes."""
 
 import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -228,6 +229,15 @@ def test_sn_checkpoint_loads_into_ssn_with_a_warning_and_not_fixed():
     with pytest.warns(UserWarning, match="no radius, mean_fixed, var_fixed"):
         ssn.load_state_dict(sn.state_dict())
     assert ssn.radius.tolist() == [pytest.approx(0.4)] and ssn.mean_fixed.tolist() == [0]
+
+
+def test_an_sn_state_into_many_ssn_layers_warns_once():
+    ssn = torch.nn.Sequential(*(SparseSwitchNorm2d(C) for _ in range(3)))
+    sn = torch.nn.Sequential(*(SwitchNorm2d(C) for _ in range(3)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's default: each text once per place
+        ssn.load_state_dict(sn.state_dict())
+    assert [str(w.message).count("mean_fixed") for w in caught] == [1]
 
 
 @pytest.mark.parametrize("radius", [1.0, 0.3])
