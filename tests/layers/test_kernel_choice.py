@@ -1,9 +1,7 @@
 """kernels.py: one switch for the fast kernels, the self-check that guards them, the status."""
 
 import dataclasses
-import os
-import subprocess
-import sys
+import importlib.util
 import warnings
 
 import pytest
@@ -83,23 +81,27 @@ def test_self_check_compares_every_pass():
     assert kernels.self_check(PLAIN_KERNELS, torch.device("cpu"), torch.bfloat16) is None
 
 
-def test_environment_switches_are_read_once_at_import():
-    code = (
-        "import os; from sn_detection.layers import kernels; "
-        "os.environ[kernels.FAST_KERNELS_ENV] = '1'; "
-        "print(kernels.kernels_status('cpu'), kernels.compile_mixer_mode())"
-    )
-    env = dict(os.environ, SN_DETECTION_FAST_KERNELS="0", SN_DETECTION_COMPILE_MIXER="1")
-    out = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["plain", "1"]
-    env["SN_DETECTION_FAST_KERNELS"] = "maybe"
-    out = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True
-    )
-    assert out.returncode != 0 and "SN_DETECTION_FAST_KERNELS='maybe'" in out.stderr
+def _import_kernels_afresh():
+    """A new copy of the kernels module, imported now (the switches are read on import)."""
+    spec = importlib.util.spec_from_file_location(kernels.__name__, kernels.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_environment_switches_are_read_once_at_import(monkeypatch):
+    monkeypatch.setenv(kernels.FAST_KERNELS_ENV, "0")
+    monkeypatch.setenv(kernels.COMPILE_ENV, "1")
+    fresh = _import_kernels_afresh()
+    monkeypatch.setenv(kernels.FAST_KERNELS_ENV, "1")
+    monkeypatch.setenv(kernels.COMPILE_ENV, "0")
+    assert fresh.kernels_status("cpu") == "plain" and fresh.compile_mixer_mode() == "1"
+
+
+def test_a_wrong_environment_switch_fails_the_import_naming_its_value(monkeypatch):
+    monkeypatch.setenv(kernels.FAST_KERNELS_ENV, "maybe")
+    with pytest.raises(ValueError, match="SN_DETECTION_FAST_KERNELS='maybe'"):
+        _import_kernels_afresh()
 
 
 def test_every_kernel_contract_field_is_documented():
