@@ -1,6 +1,8 @@
 """benchmarks/ab_compare.py runs end to end at tiny size: two revisions, one seed; it resumes, and
 a failed run is a one-line error."""
 
+import contextlib
+import io
 import os
 import pathlib
 import signal
@@ -9,6 +11,9 @@ import sys
 import time
 
 import pytest
+
+from sn_detection.testing import load_script
+from sn_detection.utils.cli import run_tool
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # two landed revisions that train (a fixed pair: HEAD moves, and other commits may not train)
@@ -27,9 +32,19 @@ OPTS = [
 ]
 
 
-def _run(output, *args):
-    command = [sys.executable, str(SCRIPT), "--output", str(output), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+def _run(output, *args) -> subprocess.CompletedProcess:
+    """The harness run in this process (its trainings are child processes as always): the exit
+    status and what it printed. Its SIGTERM handler is undone afterwards."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            status = run_tool(
+                load_script("benchmarks/ab_compare.py").main, ["--output", str(output), *args]
+            )
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    return subprocess.CompletedProcess(args, status, stdout.getvalue(), stderr.getvalue())
 
 
 def _remove_worktrees(output):
@@ -78,7 +93,9 @@ def test_same_revision_twice_is_one_line_error(tmp_path):
 
 
 def test_a_failed_run_is_one_line_error_naming_its_log(tmp_path):
-    args = ["--rev-a", REV_A, "--rev-b", REV_B, *TINY, "--opts", "SOLVER.NO_SUCH_KEY", "1"]
+    # one job: the failure of A's run stops the harness before B's run starts
+    args = ["--rev-a", REV_A, "--rev-b", REV_B, *TINY, "--jobs", "1"]
+    args += ["--opts", "SOLVER.NO_SUCH_KEY", "1"]
     try:
         result = _run(tmp_path, *args)
     finally:
