@@ -19,7 +19,8 @@ model.backbone.out_channels = 64
 model.proposal_generator.head.in_channels = 64
 model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
 model.proposal_generator.pre_nms_topk = (500, 500)
-model.proposal_generator.post_nms_topk = (200, 100)
+# 20 proposals per image at test time: the box head's convs on them are most of an evaluation
+model.proposal_generator.post_nms_topk = (200, 20)
 model.proposal_generator.batch_size_per_image = 128
 heads = model.roi_heads
 heads.num_classes = 3
