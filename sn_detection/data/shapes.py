@@ -2,8 +2,8 @@
 
 It is the embedded default dataset of the demo and the tests: real COCO json (polygon masks)
 plus PNG images, generated on first use into ``$DETECTRON2_DATASETS/sn_shapes`` (default
-``datasets/sn_shapes``) and registered with detectron2 as ``sn_shapes_train`` and
-``sn_shapes_val``. The same seed always gives the same files.
+``datasets/sn_shapes``) and registered with detectron2 as ``sn_shapes_train``, ``sn_shapes_val``
+and ``sn_shapes_val_10``. The same seed always gives the same files.
 """
 
 import math
@@ -16,8 +16,9 @@ from detectron2.structures.masks import polygon_area
 from .embedded import EmbeddedDataset
 
 CATEGORIES = ("circle", "square", "triangle")
-# split -> (number of images, seed)
-SPLITS = {"train": (300, 0), "val": (50, 1)}
+# split -> (number of images, seed); val_10 (val's seed) is the first 10 images of val, for the
+# end-to-end tests of the tools, where an evaluation of 50 images was most of a run
+SPLITS = {"train": (300, 0), "val": (50, 1), "val_10": (10, 1)}
 IMAGE_SIZE = 160
 VERSION = 1  # bump when the generator changes, so stale files are regenerated
 

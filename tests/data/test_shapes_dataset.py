@@ -22,7 +22,7 @@ def test_generation_is_deterministic(tmp_path):
 
 
 def test_json_is_valid_coco_with_polygon_masks(tmp_path):
-    paths = prepare_shapes_dataset(str(tmp_path))
+    paths = prepare_shapes_dataset(str(tmp_path), splits=("val",))
     coco = COCO(paths["val"])
     assert len(coco.getImgIds()) == SPLITS["val"][0]
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(CATEGORIES)
@@ -43,3 +43,11 @@ def test_registered_and_loaded_on_first_use():
     assert dicts[0]["annotations"][0]["segmentation"]
     meta = MetadataCatalog.get("sn_shapes_val")
     assert meta.evaluator_type == "coco" and meta.thing_classes == list(CATEGORIES)
+
+
+def test_val_10_is_the_first_10_images_of_val(tmp_path):
+    paths = prepare_shapes_dataset(str(tmp_path), splits=("val", "val_10"))
+    val, val_10 = (json.load(open(paths[split])) for split in ("val", "val_10"))
+    assert val_10["images"] == val["images"][:10]
+    assert val_10["annotations"] == [a for a in val["annotations"] if a["image_id"] <= 10]
+    assert _digest(tmp_path / "val_10/00010.png") == _digest(tmp_path / "val/00010.png")
