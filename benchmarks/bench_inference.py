@@ -61,10 +61,9 @@ from sn_detection.export import Deployment, deployable, trace
 from sn_detection.layers import SparseSwitchNorm2d, SyncSparseSwitchNorm2d, kernels_status
 from sn_detection.layers.sparsestmax import weights_as_logits
 from sn_detection.layers.switch_norm import BRANCHES, LOGIT_NAMES, named_switch_norms
+from sn_detection.study import norm_overrides
 from sn_detection.testing import CONFIGS, load_config, randomize_sn_state
 
-NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM")
-NORM_KEYS += ("MODEL.ROI_MASK_HEAD.NORM",)
 SN_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_sn.yaml"
 
 # (mean branch, variance branch) per part of the model, with the probability of each choice:
@@ -93,7 +92,7 @@ class Model(NamedTuple):
 
 
 def _norm_opts(norm: str) -> Tuple[str, ...]:
-    return tuple(item for key in NORM_KEYS for item in (key, norm))
+    return tuple(norm_overrides(norm))  # every norm key of the config
 
 
 MODELS = {

@@ -41,9 +41,7 @@ CONFIGS = {
     "SSN": "mask_rcnn_R_50_FPN_2x_sn.yaml",
     "SyncSN": "mask_rcnn_R_50_FPN_2x_syncsn.yaml",
 }
-NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM")
-NORM_KEYS += ("MODEL.ROI_MASK_HEAD.NORM",)
-OVERRIDES = {"SSN": [item for key in NORM_KEYS for item in (key, "SSN")]}
+NORM_EVERYWHERE = ("SSN",)  # norms without a config of their own: set in every norm key
 SSN_RADIUS = 0.5
 
 
@@ -85,6 +83,7 @@ def run_one(norm: str, args) -> dict:
     from sn_detection import add_sn_config, build_sn_optimizer  # also registers the SN builders
     from sn_detection.layers import hold_fixed_logits, set_ssn_radius
     from sn_detection.layers.sparse_switch_norm import sparse_switch_norms
+    from sn_detection.study import norm_overrides
 
     torch.set_num_threads(args.threads)
     cfg = get_cfg()
@@ -94,7 +93,7 @@ def run_one(norm: str, args) -> dict:
     cfg.merge_from_list(
         ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, "SOLVER.BASE_LR", "0.0001"]
     )
-    cfg.merge_from_list(OVERRIDES.get(norm, []) + args.opts)
+    cfg.merge_from_list((norm_overrides(norm) if norm in NORM_EVERYWHERE else []) + args.opts)
     torch.manual_seed(0)
     model = build_model(cfg).train()
     sparse = list(sparse_switch_norms(model))
