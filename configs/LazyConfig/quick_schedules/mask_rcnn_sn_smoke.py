@@ -36,7 +36,7 @@ heads.mask_head.conv_dims = [64, 64, 64, 64, 64]
 del bottom_up, heads  # not config keys
 
 dataloader.train.dataset.names = "sn_shapes_train"
-dataloader.test.dataset.names = "sn_shapes_val"
+dataloader.test.dataset.names = "sn_shapes_val_10"  # the first 10 images of sn_shapes_val
 dataloader.train.mapper.augmentations[0].update(short_edge_length=(128,), max_size=128)
 dataloader.test.mapper.augmentations[0].update(short_edge_length=128, max_size=128)
 dataloader.train.total_batch_size = 2
