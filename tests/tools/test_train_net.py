@@ -83,7 +83,7 @@ def test_eval_only_of_the_trained_weights_reproduces_the_ap(run, tmp_path):
     for task in ("bbox", "segm"):
         assert set(eval_metrics[task]) >= {"AP", "AP50", "AP75"}
         assert eval_metrics[task]["AP"] == metrics[task]["AP"]
-    assert (tmp_path / "eval/inference/sn_shapes_val/coco_instances_results.json").is_file()
+    assert (tmp_path / "eval/inference/sn_shapes_val_10/coco_instances_results.json").is_file()
 
 
 def test_the_precise_pass_runs_before_the_weights_are_saved(run):
