@@ -52,6 +52,13 @@ def export_model(*argv) -> int:
     return run_tool(load_script(TOOL).main, [str(a) for a in argv])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _sample_images_generated():
+    """The smoke config's test split on disk before the tool runs here: generating it logs through
+    the tool's logger, whose handler may still hold an earlier test's captured (closed) stream."""
+    DatasetCatalog.get("sn_shapes_val_10")
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """The smoke model's weights with random SN statistics and logits (not the trivial init)."""
