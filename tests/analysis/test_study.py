@@ -321,9 +321,9 @@ def _start_study(tmp_path, fake_train_net, jobs=1):
         [sys.executable, "-c", code],
         env=env,
         stdout=subprocess.DEVNULL,
-        # as from a terminal: a process that starts with SIGINT ignored (a background job of a
-        # script, or this test process after some tests) keeps ignoring it, and Python then
-        # raises no KeyboardInterrupt
+        # as from a terminal: a process that starts with SIGINT ignored keeps ignoring it (Python
+        # then raises no KeyboardInterrupt), and a suite run as a background job of a script
+        # (`make test &`) hands SIGINT ignored down to every process it starts
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
