@@ -171,6 +171,15 @@ def deployment_log(deployment: Deployment, hardened: Optional[HardenReport]) -> 
     return text + "SN layers deployed as:\n" + "\n".join(deployment.lines())
 
 
+def deploy_hardened(model: nn.Module) -> nn.Module:
+    """``model`` (loaded, any mode) as ``--eval-only --harden`` evaluates it: every SN layer
+    rounded to its argmax choice, then :func:`deployable` (one-hot layers as their single norm,
+    BN folded into the convolution); what each layer became is logged."""
+    deployment, hardened = deploy(model, harden_layers=True)
+    logger.info(deployment_log(deployment, hardened))
+    return deployment.model
+
+
 def _rcnn_inference(model: GeneralizedRCNN, inputs: List[Dict[str, Tensor]]) -> list:
     # no postprocessing: RoI masks as computed, boxes in the input image's coordinates
     return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]

@@ -38,7 +38,7 @@ from sn_detection.engine import (
     resume_or_load,
 )
 from sn_detection.engine.lazy import lazy_evaluator, lazy_sn_hooks, lazy_train_loop
-from sn_detection.engine.trainer import deploy_hardened
+from sn_detection.export import deploy_hardened
 from sn_detection.utils.cli import run_tool
 
 logger = logging.getLogger("detectron2")

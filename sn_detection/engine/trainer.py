@@ -14,7 +14,7 @@ from torch import nn
 
 from ..checkpoint import SNCheckpointer
 from ..evaluation import build_sn_evaluator
-from ..export import deploy, deployment_log
+from ..export import deploy_hardened
 from ..layers import named_switch_norms
 from ..solver import build_sn_optimizer
 from .amp import build_train_loop
@@ -131,12 +131,3 @@ class SNTrainer(DefaultTrainer):
         if harden:
             model = deploy_hardened(model)
         return cls.test(cfg, model)
-
-
-def deploy_hardened(model: nn.Module) -> nn.Module:
-    """``model`` (loaded, any mode) as ``--eval-only --harden`` evaluates it: every SN layer
-    rounded to its argmax choice, then :func:`~sn_detection.export.deployable` (one-hot layers as
-    their single norm, BN folded into the convolution); what each layer became is logged."""
-    deployment, hardened = deploy(model, harden_layers=True)
-    logging.getLogger("sn_detection").info(deployment_log(deployment, hardened))
-    return deployment.model
